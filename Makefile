@@ -1,0 +1,24 @@
+# Two commands: `make demo` (set up, run the demo) and `make test` (set up, run every check).
+PYTHON ?= python3
+VENV ?= .venv
+export VENV
+
+.PHONY: demo test setup clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	bash scripts/bootstrap.sh
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q -U pip
+	$(VENV)/bin/pip install -q -e '.[dev]'
+	touch $@
+
+demo: setup
+	bash scripts/demo.sh
+
+test: setup
+	bash scripts/test.sh
+
+clean:
+	rm -rf $(VENV) .venv-tflite .mypy_cache .ruff_cache .pytest_cache state

@@ -1,0 +1,187 @@
+"""Capture frames in their own thread; keep only the newest; survive faults and hung reads.
+
+A worker thread owns one source instance. A read that raises is a fault: the worker closes the
+source, waits (exponential backoff) and opens a fresh one. A read that does not return within
+``read_timeout_s`` is a hang: the worker is abandoned (it exits if the read ever returns) and a
+new worker with a new source instance takes over after the backoff delay.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from edged.errors import EdgedError
+from edged.sources.base import Frame, FrameSource
+
+log = logging.getLogger("edged.capture")
+
+
+@dataclass(slots=True)
+class SourceHealth:
+    ok: bool = True
+    error: str | None = None
+    faults: int = 0
+    since: float = 0.0  # monotonic time of the last change
+
+
+class Capture:
+    """``get(timeout)`` returns the newest frame not yet taken, or ``None``."""
+
+    def __init__(
+        self,
+        make_source: Callable[[], FrameSource],
+        *,
+        read_timeout_s: float,
+        retry_min_s: float,
+        retry_max_s: float,
+        on_health: Callable[[SourceHealth], None] | None = None,
+    ) -> None:
+        self._make_source = make_source
+        self._read_timeout = read_timeout_s
+        self._retry_min, self._retry_max = retry_min_s, retry_max_s
+        self._on_health = on_health
+        self._cond = threading.Condition()
+        self._frame: Frame | None = None
+        self._generation = 0
+        self._stop = threading.Event()
+        self._read_started: float | None = None  # a read in progress since (monotonic)
+        self._thread: threading.Thread | None = None
+        self._delay = retry_min_s
+        self.health = SourceHealth(since=time.monotonic())
+        self.ended = False  # a finite source reached its end
+        self.frames = 0  # frames captured
+        self.dropped = 0  # frames replaced before inference took them
+        self.hung_since: float | None = None  # a hang detected and not yet over
+        self._skipped_done = 0
+        self._source: FrameSource | None = None
+
+    @property
+    def skipped(self) -> int:
+        """Unreadable inputs the source skipped (corrupt files)."""
+        src = self._source
+        return self._skipped_done + (src.skipped if src is not None else 0)
+
+    def start(self) -> None:
+        self._spawn(delay=0.0)
+
+    def stop(self) -> None:
+        self._stop.set()
+        with self._cond:
+            self._generation += 1
+            self._cond.notify_all()
+
+    def _spawn(self, delay: float) -> None:
+        with self._cond:
+            self._generation += 1
+            gen = self._generation
+        self._thread = threading.Thread(
+            target=self._run, args=(gen, delay), name=f"capture-{gen}", daemon=True
+        )
+        self._thread.start()
+
+    def _current(self, gen: int) -> bool:
+        return gen == self._generation and not self._stop.is_set()
+
+    def _set_health(self, ok: bool, error: str | None) -> None:
+        if ok == self.health.ok and error == self.health.error:
+            return
+        faults = self.health.faults + (0 if ok else 1)
+        self.health = SourceHealth(ok=ok, error=error, faults=faults, since=time.monotonic())
+        if ok:
+            log.info("source recovered")
+        else:
+            log.warning("source fault: %s", error)
+        if self._on_health is not None:
+            self._on_health(self.health)
+
+    def _backoff(self) -> float:
+        delay = self._delay
+        self._delay = min(self._delay * 2, self._retry_max)
+        return delay
+
+    def _run(self, gen: int, delay: float) -> None:
+        source: FrameSource | None = None
+        try:
+            while self._current(gen):
+                if delay and self._stop.wait(delay):
+                    return
+                delay = 0.0
+                if source is None:
+                    try:
+                        source = self._make_source()
+                        source.open()
+                        self._source = source
+                    except Exception as err:  # any failure to open is a fault, retried
+                        source = None
+                        self._set_health(False, _describe(err))
+                        delay = self._backoff()
+                        continue
+                self._read_started = time.monotonic()
+                try:
+                    frame = source.read()
+                except Exception as err:
+                    if not self._current(gen):
+                        return
+                    self._read_started = None
+                    self.hung_since = None
+                    self._set_health(False, _describe(err))
+                    self._retire(source)
+                    source = None
+                    delay = self._backoff()
+                    continue
+                if not self._current(gen):
+                    return
+                self._read_started = None
+                self.hung_since = None
+                if frame is None:
+                    self.ended = True
+                    with self._cond:
+                        self._cond.notify_all()
+                    return
+                self._delay = self._retry_min
+                self._set_health(True, None)
+                with self._cond:
+                    if self._frame is not None:
+                        self.dropped += 1
+                    self._frame = frame
+                    self.frames += 1
+                    self._cond.notify_all()
+        finally:
+            if source is not None:
+                self._retire(source)
+
+    def _retire(self, source: FrameSource) -> None:
+        self._skipped_done += source.skipped
+        if self._source is source:
+            self._source = None
+        try:
+            source.close()
+        except Exception as err:
+            log.debug("closing source: %s", err)
+
+    def check_hang(self, now: float) -> None:
+        """Called by the frame loop: abandon a worker whose read exceeded the timeout."""
+        started = self._read_started
+        if started is None or now - started < self._read_timeout:
+            return
+        self.hung_since = self.hung_since or started
+        self._read_started = None
+        self._set_health(False, f"read timed out after {self._read_timeout:g} s")
+        self._spawn(delay=self._backoff())
+
+    def get(self, timeout: float) -> Frame | None:
+        with self._cond:
+            if self._frame is None and not self.ended:
+                self._cond.wait(timeout)
+            frame, self._frame = self._frame, None
+            return frame
+
+
+def _describe(err: BaseException) -> str:
+    if isinstance(err, EdgedError):
+        return str(err)
+    return f"{type(err).__name__}: {err}"

@@ -1,0 +1,181 @@
+"""``edged run | check | classify`` — and the one place exceptions become exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from edged import __version__
+from edged.errors import ConfigError, EdgedError, ExitStatus, UsageError
+
+log = logging.getLogger("edged")
+
+_SYSLOG_PRIORITY = {"DEBUG": 7, "INFO": 6, "WARNING": 4, "ERROR": 3, "CRITICAL": 2}
+
+
+class _JournalFormatter(logging.Formatter):
+    """``<6>edged.mqtt: connected`` — journald reads the priority prefix and adds the time."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        prio = _SYSLOG_PRIORITY.get(record.levelname, 6)
+        msg = super().format(record).replace("\n", " ")
+        return f"<{prio}>{msg}"
+
+
+def setup_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if os.environ.get("JOURNAL_STREAM"):
+        handler.setFormatter(_JournalFormatter("%(name)s: %(message)s"))
+    else:
+        handler.setFormatter(
+            logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
+        )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
+def _config_path(args: argparse.Namespace) -> Path:
+    path = args.config or os.environ.get("EDGED_CONFIG")
+    if not path:
+        raise UsageError("no config file: pass -c FILE or set EDGED_CONFIG")
+    return Path(path)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from edged.config import check_files, load_config
+    from edged.daemon import Daemon
+
+    cfg = load_config(_config_path(args))
+    problems = check_files(cfg)
+    if problems:
+        raise ConfigError(problems)
+    setup_logging(args.log_level or cfg.log_level)
+    daemon = Daemon(cfg)
+    daemon.install_signal_handlers()
+    return daemon.run()
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from edged.config import check_files, load_config
+    from edged.model.classifier import Classifier
+    from edged.publish.mqtt import check_broker
+
+    path = _config_path(args)
+    cfg = load_config(path)
+    problems = check_files(cfg)
+    if problems:
+        raise ConfigError(problems)
+    src = cfg.source
+    print(f"config: {path} OK (device_id={cfg.device_id}, source={src.type})")
+    clf = Classifier.load(
+        cfg.model.path,
+        labels=cfg.model.labels,
+        threads=cfg.model.threads,
+        backend=cfg.model.backend,
+        mean=cfg.model.mean,
+        std=cfg.model.std,
+        softmax=cfg.model.softmax,
+    )
+    i = clf.info
+    print(
+        f"model: {i.name} v{i.version} sha256={i.sha256[:12]} input={i.width}x{i.height}x"
+        f"{i.channels} {i.dtype} {i.layout}, {i.num_classes} classes, backend {i.backend}"
+    )
+    if args.no_broker:
+        return ExitStatus.OK
+    print(f"broker: {check_broker(cfg.mqtt, cfg.device_id, cfg.mqtt.connect_timeout_s)}")
+    return ExitStatus.OK
+
+
+def cmd_classify(args: argparse.Namespace) -> int:
+    import numpy as np
+    from PIL import Image, UnidentifiedImageError
+
+    from edged.model.classifier import Classifier
+
+    clf = Classifier.load(
+        Path(args.model),
+        labels=Path(args.labels) if args.labels else None,
+        threads=args.threads,
+    )
+    failed = 0
+    for name in args.images:
+        try:
+            with Image.open(name) as im:
+                rgb = np.asarray(im.convert("RGB"))
+        except (OSError, UnidentifiedImageError, ValueError) as err:
+            failed += 1
+            reason = err.strerror if isinstance(err, OSError) and err.strerror else err
+            print(f"edged: error: {name}: cannot read image ({reason})", file=sys.stderr)
+            continue
+        pred = clf.classify(rgb, args.top_k)
+        top = [{"label": lab, "score": round(s, 5)} for lab, s in pred.top]
+        line = {"image": name, "label": pred.label, "score": round(pred.score, 5), "top": top}
+        print(json.dumps(line), flush=True)
+    return ExitStatus.USAGE if failed else ExitStatus.OK
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1: {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="edged", description=__doc__)
+    p.add_argument("--version", action="version", version=f"edged {__version__}")
+    p.add_argument("--debug", action="store_true", help="show tracebacks for internal errors")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the daemon")
+    run.add_argument("-c", "--config", help="TOML config (default: $EDGED_CONFIG)")
+    run.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    run.set_defaults(func=cmd_run)
+
+    check = sub.add_parser("check", help="validate config, load the model, try the broker")
+    check.add_argument("-c", "--config", help="TOML config (default: $EDGED_CONFIG)")
+    check.add_argument("--no-broker", action="store_true", help="skip the broker connection")
+    check.set_defaults(func=cmd_check)
+
+    cls = sub.add_parser("classify", help="classify image files, one JSON line per image")
+    cls.add_argument("model", help=".tflite model or .edgb bundle")
+    cls.add_argument("images", nargs="+", help="image files")
+    cls.add_argument("--labels", help="label file (default: bundle or embedded labels)")
+    cls.add_argument("--top-k", type=_positive_int, default=3, help="classes per line (default 3)")
+    cls.add_argument("--threads", type=int, default=0, help="interpreter threads (0 = auto)")
+    cls.set_defaults(func=cmd_classify)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The error boundary: every failure is one stderr line per problem and an exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not logging.getLogger().handlers:
+        setup_logging("warning" if args.command != "run" else "info")
+    try:
+        return int(args.func(args))
+    except ConfigError as err:
+        for line in err.problems:
+            print(f"edged: error: {line}", file=sys.stderr)
+        return err.exit_status
+    except EdgedError as err:
+        print(f"edged: error: {err}", file=sys.stderr)
+        return err.exit_status
+    except KeyboardInterrupt:
+        return ExitStatus.INTERRUPTED
+    except Exception as err:
+        if args.debug:
+            raise
+        print(f"edged: internal error: {type(err).__name__}: {err}", file=sys.stderr)
+        return ExitStatus.ERROR

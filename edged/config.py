@@ -1,0 +1,311 @@
+"""Configuration: one TOML file validated by pydantic, each key overridable from the environment.
+
+``EDGED_MQTT__HOST=broker`` overrides ``[mqtt] host``; a double underscore separates levels.
+Unknown keys are rejected everywhere (``extra="forbid"``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from edged.errors import ConfigError
+
+DEVICE_ID_PATTERN = r"^[a-z0-9][a-z0-9-]{0,31}$"
+ENV_PREFIX = "EDGED_"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class Roi(_Section):
+    """Region of interest cropped from each frame before inference (pixels of the raw frame)."""
+
+    x: int = Field(0, ge=0, description="Left edge in pixels.")
+    y: int = Field(0, ge=0, description="Top edge in pixels.")
+    width: int = Field(..., gt=0, description="Width in pixels.")
+    height: int = Field(..., gt=0, description="Height in pixels.")
+
+
+class _SourceBase(_Section):
+    roi: Roi | None = Field(None, description="Optional crop applied before rotation.")
+    rotate: Literal[0, 90, 180, 270] = Field(0, description="Clockwise rotation in degrees.")
+    read_timeout_s: float = Field(
+        5.0, gt=0, description="A read that takes longer than this is a fault."
+    )
+    retry_min_s: float = Field(0.5, gt=0, description="First retry delay after a source fault.")
+    retry_max_s: float = Field(30.0, gt=0, description="Longest retry delay (exponential backoff).")
+
+
+class FilesSource(_SourceBase):
+    type: Literal["files"] = Field("files", description="Source type.")
+    path: str = Field(
+        ..., description="A directory (all images in it, sorted) or a glob such as 'img/*.jpg'."
+    )
+    fps: float = Field(1.0, gt=0, le=1000, description="Frames per second to emit.")
+    loop: bool = Field(False, description="Start again after the last image instead of ending.")
+
+
+class OpenCVSource(_SourceBase):
+    type: Literal["opencv"] = Field("opencv", description="Source type.")
+    device: int | str = Field(
+        0, description="V4L2 device index (0 = /dev/video0), an rtsp:// or http:// URL, or a file."
+    )
+    width: int | None = Field(None, gt=0, description="Requested capture width (device sources).")
+    height: int | None = Field(None, gt=0, description="Requested capture height.")
+    fps: float | None = Field(
+        None, gt=0, description="Cap on frames per second read (None = as fast as the source)."
+    )
+    loop: bool = Field(False, description="Rewind a video file at its end.")
+
+
+class Picamera2Source(_SourceBase):
+    type: Literal["picamera2"] = Field("picamera2", description="Source type.")
+    camera: int = Field(
+        0, ge=0, description="Camera index as listed by Picamera2.global_camera_info()."
+    )
+    main_size: tuple[int, int] = Field(
+        (1280, 960), description="Main stream size; the lores stream is sized to the model input."
+    )
+    lores_format: Literal["auto", "YUV420", "RGB888"] = Field(
+        "auto", description="'auto' = RGB888 on Pi 5, YUV420 on Pi 4 and earlier."
+    )
+    fps: float | None = Field(
+        None, gt=0, le=120, description="Frame rate requested from the sensor."
+    )
+
+
+SourceConfig = Annotated[FilesSource | OpenCVSource | Picamera2Source, Field(discriminator="type")]
+
+
+class ModelConfig(_Section):
+    path: Path = Field(..., description="A .tflite model or an edged bundle (.edgb).")
+    labels: Path | None = Field(
+        None, description="Label file, one per line; default: bundle or embedded metadata labels."
+    )
+    threads: int = Field(0, ge=0, le=64, description="Interpreter threads; 0 = number of cores.")
+    backend: Literal["auto", "ai-edge-litert", "tflite-runtime", "tensorflow"] = Field(
+        "auto", description="Interpreter; 'auto' tries them in this order."
+    )
+    top_k: int = Field(3, ge=1, le=100, description="How many classes each prediction lists.")
+    mean: list[float] | None = Field(
+        None, description="Per-channel mean subtracted from 0-255 pixels (overrides metadata)."
+    )
+    std: list[float] | None = Field(
+        None, description="Per-channel std dividing 0-255 pixels (overrides metadata)."
+    )
+    softmax: Literal["auto", "yes", "no"] = Field(
+        "auto",
+        description="Apply softmax to outputs; 'auto' applies it when they are not probabilities.",
+    )
+
+    @model_validator(mode="after")
+    def _mean_std_together(self) -> ModelConfig:
+        if (self.mean is None) != (self.std is None):
+            raise ValueError("mean and std must be given together")
+        if self.std is not None and any(s == 0 for s in self.std):
+            raise ValueError("std must not contain 0")
+        return self
+
+
+class TlsConfig(_Section):
+    ca_file: Path | None = Field(None, description="CA bundle; the server certificate is verified.")
+    cert_file: Path | None = Field(None, description="Client certificate (PEM) for mutual TLS.")
+    key_file: Path | None = Field(None, description="Client private key (PEM).")
+    insecure: bool = Field(False, description="Skip hostname verification (testing only).")
+
+
+class MqttConfig(_Section):
+    host: str = Field("localhost", min_length=1, description="Broker host name or address.")
+    port: int = Field(1883, gt=0, lt=65536, description="Broker TCP port.")
+    protocol: Literal["5", "3.1.1"] = Field("5", description="MQTT protocol version.")
+    username: str | None = Field(None, description="User name for broker authentication.")
+    password: str | None = Field(None, repr=False, description="Password (prefer password_file).")
+    password_file: Path | None = Field(
+        None, description="File holding the password, e.g. $CREDENTIALS_DIRECTORY/mqtt."
+    )
+    tls: TlsConfig | None = Field(None, description="Enable TLS with these files.")
+    keepalive_s: int = Field(30, ge=5, le=65535, description="MQTT keepalive in seconds.")
+    reconnect_min_s: float = Field(1.0, gt=0, description="First reconnect delay.")
+    reconnect_max_s: float = Field(30.0, gt=0, description="Longest reconnect delay.")
+    topic_prefix: str = Field(
+        "edged",
+        pattern=r"^[^#+\x00]+$",
+        description="Topics are <prefix>/<device_id>/...; no wildcards.",
+    )
+    connect_timeout_s: float = Field(10.0, gt=0, description="Used by 'edged check'.")
+
+    @model_validator(mode="after")
+    def _password_once(self) -> MqttConfig:
+        if self.password is not None and self.password_file is not None:
+            raise ValueError("give password or password_file, not both")
+        return self
+
+    def read_password(self) -> str | None:
+        if self.password_file is not None:
+            return self.password_file.read_text(encoding="utf-8").rstrip("\r\n")
+        return self.password
+
+
+class PublishConfig(_Section):
+    mode: Literal["every", "change"] = Field(
+        "every", description="'every' result, or only when the stable label 'change's."
+    )
+    min_score: float = Field(
+        0.0, ge=0, le=1, description="Results whose top score is below this are not published."
+    )
+    agree_n: int = Field(3, ge=1, description="change mode: a new label needs N of the last M.")
+    agree_m: int = Field(5, ge=1, description="change mode: window size M.")
+    min_interval_s: float = Field(
+        0.0, ge=0, description="At most one prediction per this many seconds (0 = no limit)."
+    )
+    heartbeat_s: float = Field(
+        60.0, ge=0, description="Re-publish the current label after this much silence (0 = never)."
+    )
+    qos: Literal[0, 1, 2] = Field(1, description="QoS of prediction messages.")
+    queue_max: int = Field(10000, ge=1, description="Most messages held while the broker is away.")
+
+    @model_validator(mode="after")
+    def _n_of_m(self) -> PublishConfig:
+        if self.agree_n > self.agree_m:
+            raise ValueError("agree_n must not exceed agree_m")
+        return self
+
+
+class Config(_Section):
+    device_id: str = Field(
+        ..., pattern=DEVICE_ID_PATTERN, description="Lower-case id; becomes part of every topic."
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="Log level."
+    )
+    state_dir: Path = Field(
+        Path("/var/lib/edged"), description="Writable directory for runtime state."
+    )
+    source: SourceConfig = Field(..., description="Where frames come from.")
+    model: ModelConfig = Field(..., description="The classifier.")
+    mqtt: MqttConfig = Field(default_factory=lambda: MqttConfig(), description="Broker.")
+    publish: PublishConfig = Field(
+        default_factory=lambda: PublishConfig(), description="What is published, when."
+    )
+
+
+def format_validation_error(err: ValidationError) -> list[str]:
+    problems = []
+    for e in err.errors():
+        loc = [str(p) for p in e["loc"]]
+        # Drop discriminator tags pydantic inserts (e.g. source.files.path -> source.path).
+        if len(loc) >= 2 and loc[0] == "source" and loc[1] in ("files", "opencv", "picamera2"):
+            loc = [loc[0], *loc[2:]]
+        path = ".".join(loc) or "(top level)"
+        msg = e["msg"].replace("Value error, ", "")
+        problems.append(f"{path}: {msg}")
+    return problems
+
+
+def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+    """``EDGED_A__B=v`` -> ``{"a": {"b": v}}``; JSON values (lists, numbers, true) are decoded."""
+    tree: dict[str, Any] = {}
+    for key, raw in environ.items():
+        if not key.startswith(ENV_PREFIX) or key == "EDGED_CONFIG":
+            continue
+        parts = [p.lower() for p in key[len(ENV_PREFIX) :].split("__")]
+        if not all(parts):
+            continue
+        value: Any = raw
+        if raw[:1] in "[{":
+            try:
+                value = json.loads(raw)
+            except json.JSONDecodeError:
+                value = raw
+        node = tree
+        for p in parts[:-1]:
+            child = node.setdefault(p, {})
+            if not isinstance(child, dict):
+                child = node[p] = {}
+            node = child
+        node[parts[-1]] = value
+    return tree
+
+
+def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def parse_config(data: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> Config:
+    merged = _merge(dict(data), env_overrides(os.environ if environ is None else environ))
+    try:
+        return Config.model_validate(merged)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err)) from None
+
+
+def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Config:
+    """Read, merge environment overrides, validate; relative paths resolve against the file."""
+    try:
+        with path.open("rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError([f"{path}: no such config file"]) from None
+    except OSError as err:
+        raise ConfigError([f"{path}: cannot read ({err.strerror})"]) from None
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError([f"{path}: invalid TOML ({err})"]) from None
+    cfg = parse_config(data, environ)
+    return resolve_paths(cfg, path.resolve().parent)
+
+
+def resolve_paths(cfg: Config, base: Path) -> Config:
+    """Make relative file paths relative to the config file's directory."""
+
+    def fix(p: Path | None) -> Path | None:
+        return None if p is None or p.is_absolute() else base / p
+
+    cfg.model.path = fix(cfg.model.path) or cfg.model.path
+    cfg.model.labels = fix(cfg.model.labels) or cfg.model.labels
+    cfg.state_dir = fix(cfg.state_dir) or cfg.state_dir
+    if cfg.mqtt.password_file is not None:
+        cfg.mqtt.password_file = fix(cfg.mqtt.password_file)
+    if cfg.mqtt.tls is not None:
+        t = cfg.mqtt.tls
+        t.ca_file, t.cert_file, t.key_file = fix(t.ca_file), fix(t.cert_file), fix(t.key_file)
+    if isinstance(cfg.source, FilesSource) and not Path(cfg.source.path).is_absolute():
+        cfg.source.path = str(base / cfg.source.path)
+    return cfg
+
+
+def check_files(cfg: Config) -> list[str]:
+    """Problems with files the config names (missing or unreadable), as ``key: message`` lines."""
+    problems = []
+    candidates: list[tuple[str, Path | None]] = [
+        ("model.path", cfg.model.path),
+        ("model.labels", cfg.model.labels),
+        ("mqtt.password_file", cfg.mqtt.password_file),
+    ]
+    if cfg.mqtt.tls is not None:
+        candidates += [
+            ("mqtt.tls.ca_file", cfg.mqtt.tls.ca_file),
+            ("mqtt.tls.cert_file", cfg.mqtt.tls.cert_file),
+            ("mqtt.tls.key_file", cfg.mqtt.tls.key_file),
+        ]
+    for key, p in candidates:
+        if p is None:
+            continue
+        if not p.is_file():
+            problems.append(f"{key}: no such file: {p}")
+        elif not os.access(p, os.R_OK):
+            problems.append(f"{key}: not readable: {p}")
+    return problems

@@ -1,0 +1,53 @@
+"""The exception tree and the exit codes it maps to (one place: ``edged.cli``)."""
+
+from __future__ import annotations
+
+import enum
+
+
+class ExitStatus(enum.IntEnum):
+    OK = 0
+    ERROR = 1  # runtime failure (model, source, broker)
+    USAGE = 2  # invalid config, arguments or input files
+    UNAVAILABLE = 3  # a required service (broker) could not be reached
+    INTERRUPTED = 130
+
+
+class EdgedError(Exception):
+    """Base for every error edged reports as one line and an exit code."""
+
+    exit_status = ExitStatus.ERROR
+
+
+class ConfigError(EdgedError):
+    """Invalid configuration; ``problems`` holds one ``key.path: message`` per line."""
+
+    exit_status = ExitStatus.USAGE
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+class UsageError(EdgedError):
+    exit_status = ExitStatus.USAGE
+
+
+class ModelError(EdgedError):
+    """A model or bundle that cannot be loaded or used (names the cause)."""
+
+    exit_status = ExitStatus.USAGE
+
+
+class BundleError(ModelError):
+    """A bundle that fails verification: signature, digest, size, manifest."""
+
+
+class SourceError(EdgedError):
+    """A frame source that cannot open or read."""
+
+
+class BrokerError(EdgedError):
+    """The MQTT broker refused us or could not be reached."""
+
+    exit_status = ExitStatus.UNAVAILABLE

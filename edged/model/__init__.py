@@ -1,0 +1,1 @@
+"""Model loading, pre/post-processing, labels and bundles."""

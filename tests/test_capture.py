@@ -1,0 +1,101 @@
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from edged.capture import Capture, SourceHealth
+from edged.errors import SourceError
+from edged.sources.base import Frame, FrameSource
+
+
+class ScriptedSource(FrameSource):
+    """Plays a script shared across instances: 'f' frame, 'e' raise, 'h' hang, 'x' end."""
+
+    def __init__(self, script: list[str], release: threading.Event) -> None:
+        self.script, self.release = script, release
+
+    def open(self) -> None:
+        pass
+
+    def read(self) -> Frame | None:
+        step = self.script.pop(0) if self.script else "f"
+        if step == "e":
+            raise SourceError("camera unplugged")
+        if step == "h":
+            self.release.wait(10)
+        if step == "x":
+            return None
+        time.sleep(0.01)
+        return Frame(np.zeros((2, 2, 3), np.uint8))
+
+    def close(self) -> None:
+        pass
+
+
+def _capture(script: list[str], **kw: float) -> tuple[Capture, list[SourceHealth], threading.Event]:
+    health: list[SourceHealth] = []
+    release = threading.Event()
+    cap = Capture(
+        lambda: ScriptedSource(script, release),
+        read_timeout_s=kw.get("timeout", 0.3),
+        retry_min_s=0.05,
+        retry_max_s=0.2,
+        on_health=health.append,
+    )
+    return cap, health, release
+
+
+def _drain(cap: Capture, n: int, deadline_s: float = 5.0) -> int:
+    got, end = 0, time.monotonic() + deadline_s
+    while got < n and time.monotonic() < end:
+        cap.check_hang(time.monotonic())
+        if cap.get(0.05) is not None:
+            got += 1
+    return got
+
+
+def test_fault_is_reported_retried_and_recovers() -> None:
+    cap, health, _ = _capture(["f", "e", "e", "f"])
+    cap.start()
+    assert _drain(cap, 5) == 5
+    cap.stop()
+    assert [h.ok for h in health] == [False, True]
+    assert health[0].error == "camera unplugged" and health[0].faults == 1
+
+
+def test_hung_read_is_abandoned_and_a_new_worker_takes_over() -> None:
+    cap, health, release = _capture(["f", "h"], timeout=0.3)
+    cap.start()
+    assert _drain(cap, 4) == 4
+    assert health[0].ok is False and "timed out" in (health[0].error or "")
+    assert health[-1].ok is True
+    release.set()
+    cap.stop()
+
+
+def test_end_of_stream_is_seen_and_only_newest_frame_kept() -> None:
+    cap, _, _ = _capture(["f", "f", "f", "x"])
+    cap.start()
+    deadline = time.monotonic() + 5
+    while not cap.ended and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert cap.ended and cap.frames == 3
+    assert cap.get(0.01) is not None
+    assert cap.get(0.01) is None
+    assert cap.dropped == 2
+
+
+@pytest.mark.parametrize("watchdog", [True])
+def test_hang_marks_hung_since_until_a_read_returns(watchdog: bool) -> None:
+    cap, _, release = _capture(["h", "h", "h", "h"], timeout=0.1)
+    cap.start()
+    time.sleep(0.2)
+    cap.check_hang(time.monotonic())
+    assert cap.hung_since is not None
+    release.set()
+    assert _drain(cap, 1) == 1
+    assert cap.hung_since is None
+    cap.stop()
