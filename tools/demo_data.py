@@ -79,9 +79,7 @@ def digit_to_image(
         raise ValueError(f"size {size} with margin {margin} leaves no room for the digit")
     ink = np.clip(pixels.astype(np.float64), 0, 16) / 16.0
     gray = np.rint(255.0 * (1.0 - ink)).astype(np.uint8)
-    small = Image.fromarray(gray).resize(
-        (inner, inner), resample=Image.Resampling.BILINEAR
-    )
+    small = Image.fromarray(gray).resize((inner, inner), resample=Image.Resampling.BILINEAR)
     canvas = Image.new("L", (size, size), color=255)
     canvas.paste(small, (margin, margin))
     return canvas.convert("RGB")
@@ -137,9 +135,9 @@ def export(
 
     if samples_dir is not None:
         samples_dir.mkdir(parents=True, exist_ok=True)
-        for label, rows in held_out.items():
+        for digit, rows in held_out.items():
             for n, row in enumerate(rows, start=1):
-                path = samples_dir / f"digit-{label}-{n}.png"
+                path = samples_dir / f"digit-{digit}-{n}.png"
                 digit_to_image(images[row], size=size, margin=margin).save(path, optimize=True)
                 summary.samples.append(path)
     return summary
@@ -150,7 +148,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="python -m tools.demo_data",
         description="Export scikit-learn's digits (CC BY 4.0) as an image folder for tools.train.",
     )
-    parser.add_argument("out_dir", type=Path, help="image folder to write (one sub-folder per label)")
+    parser.add_argument(
+        "out_dir", type=Path, help="image folder to write (one sub-folder per label)"
+    )
     parser.add_argument(
         "--samples", type=Path, default=None, help="also write held-out sample images here"
     )

@@ -56,7 +56,7 @@ class FlatbufferError(ValueError):
 class _Table:
     """One flatbuffer table: typed, bounds-checked field access."""
 
-    __slots__ = ("_buf", "_pos", "_vtable", "_vsize")
+    __slots__ = ("_buf", "_pos", "_vsize", "_vtable")
 
     def __init__(self, buf: bytes, pos: int) -> None:
         self._buf = buf
@@ -157,9 +157,9 @@ def check_model(data: bytes) -> str | None:
     tensors, operators, buffers, metadata) and checks that each lies inside the data.
     """
     if not data:
-        return "the file is empty"
+        return "the model file is empty"
     if not is_tflite(data):
-        return "not a TFLite model (no 'TFL3' file identifier)"
+        return "not a TFLite model (no 'TFL3' identifier at bytes 4-8)"
     try:
         model = _root(data, TFLITE_IDENTIFIER)
         n_codes = len(model.tables(_MODEL_OPERATOR_CODES))
@@ -194,7 +194,7 @@ def check_model(data: bytes) -> str | None:
         for meta in model.tables(_MODEL_METADATA):
             meta.string(_METADATA_NAME)
     except FlatbufferError as err:
-        return f"the file is truncated or corrupt ({err})"
+        return f"the TFLite model is truncated or corrupt ({err})"
     return None
 
 

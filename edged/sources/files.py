@@ -54,8 +54,14 @@ def find_images(pattern: str) -> list[Path]:
     else:
         root = Path(expanded)
         if root.is_dir():
+            # Hidden files are left out, as glob does (e.g. macOS "._x.jpg" resource forks).
             found = sorted(
-                (p for p in root.iterdir() if p.is_file() and is_image_name(p)), key=str
+                (
+                    p
+                    for p in root.iterdir()
+                    if not p.name.startswith(".") and p.is_file() and is_image_name(p)
+                ),
+                key=str,
             )
             where = f"directory {pattern!r}"
         elif root.is_file():

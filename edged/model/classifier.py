@@ -1,0 +1,415 @@
+"""The image classifier: a TFLite model (or an edged bundle) behind ``classify(frame)``.
+
+Where each piece of knowledge comes from, highest priority first:
+
+* normalisation: explicit ``mean``/``std`` -> bundle manifest ``input`` spec -> the model's TFLite
+  metadata NormalizationOptions -> inferred from the input quantisation
+  (:func:`edged.model.preprocess.infer_normalization`)
+* labels: explicit label file -> bundle labels -> labels embedded in the model -> ``class_<i>``
+* layout: bundle manifest ``input.layout`` -> guessed from the input shape (channel axis of 1 or 3)
+
+``softmax="auto"`` leaves a quantised output whose range is [0, 1] alone (it already holds
+probabilities) and otherwise applies softmax to each result that is not a probability vector
+(values outside [0, 1], or a sum more than 0.1 away from 1).
+
+A :class:`Classifier` is not thread-safe: use one per thread (the daemon runs inference on one).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, cast
+
+import numpy as np
+
+from edged.errors import BundleError, ModelError
+from edged.model import bundle as bundle_mod
+from edged.model.bundle import Bundle
+from edged.model.labels import align_labels, parse_labels, read_labels
+from edged.model.preprocess import InputSpec, Normalization, Preprocessor, infer_normalization
+from edged.model.runtime import Interpreter, load_interpreter
+from edged.model.tflite_metadata import ModelMetadata, read_metadata
+
+log = logging.getLogger(__name__)
+
+SoftmaxMode = Literal["auto", "yes", "no"]
+_PROB_TOLERANCE = 0.1  # |sum - 1| under which outputs already are probabilities
+_EMBEDDED = "labels embedded in the model"
+
+
+@dataclass(slots=True)
+class Prediction:
+    label: str
+    score: float
+    top: list[tuple[str, float]]  # top_k, descending by score
+    preprocess_ms: float
+    invoke_ms: float
+    postprocess_ms: float
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    name: str
+    version: int | None
+    sha256: str  # of the .tflite bytes
+    backend: str
+    width: int
+    height: int
+    channels: int
+    dtype: str
+    layout: str  # "NHWC" | "NCHW"
+    num_classes: int
+
+
+def softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - np.max(x))
+    out: np.ndarray = e / np.sum(e)
+    return out
+
+
+def needs_softmax(values: np.ndarray) -> bool:
+    """True when ``values`` are not already probabilities (outside [0, 1] or sum far from 1)."""
+    if values.size == 0:
+        return False
+    lo, hi = float(values.min()), float(values.max())
+    return lo < -1e-3 or hi > 1.0 + 1e-3 or abs(float(values.sum()) - 1.0) > _PROB_TOLERANCE
+
+
+def quantized_probabilities(dtype: np.dtype[Any], scale: float, zero_point: int) -> bool:
+    """True when a quantised output can only hold values in [0, 1]: a softmax (or sigmoid)
+    output. Their sum is no test: with 1000 classes rounding to 1/256 steps it is often 0.8."""
+    if dtype.kind not in "iu" or scale <= 0:
+        return False
+    info = np.iinfo(dtype)
+    lo, hi = scale * (int(info.min) - zero_point), scale * (int(info.max) - zero_point)
+    return lo >= -scale and hi <= 1.0 + scale
+
+
+class Classifier:
+    info: ModelInfo
+    labels: list[str]
+
+    def __init__(
+        self,
+        interpreter: Interpreter,
+        *,
+        backend: str,
+        model: bytes,
+        name: str,
+        version: int | None,
+        labels: list[str],
+        labels_source: str,
+        norm: Normalization | None,
+        layout: str | None = None,
+        softmax: SoftmaxMode = "auto",
+    ) -> None:
+        """Use :meth:`load` or :meth:`from_bundle`; this wires an already loaded interpreter."""
+        self._interp = interpreter
+        self._softmax = _softmax_mode(softmax)
+        inputs = interpreter.get_input_details()
+        outputs = interpreter.get_output_details()
+        if len(inputs) != 1:
+            raise ModelError(f"model has {len(inputs)} inputs; a classifier takes one image")
+        if len(outputs) != 1:
+            raise ModelError(f"model has {len(outputs)} outputs; a classifier has one score vector")
+        in_details = self._batch_of_one(inputs[0])
+        spec = InputSpec.from_details(in_details, layout)
+        self._in_index = int(in_details["index"])
+        self._in_shape = spec.shape
+        self._in_dtype = spec.dtype
+        out = interpreter.get_output_details()[0]
+        self._out_index = int(out["index"])
+        self._out_shape = tuple(int(d) for d in out["shape"])
+        scale, zero_point = out.get("quantization", (0.0, 0)) or (0.0, 0)
+        self._out_scale, self._out_zp = float(scale), int(zero_point)
+        if softmax == "auto" and quantized_probabilities(
+            np.dtype(out["dtype"]), self._out_scale, self._out_zp
+        ):
+            self._softmax = "no"
+        num_classes = int(
+            np.prod(self._out_shape[1:] if len(self._out_shape) > 1 else self._out_shape)
+        )
+        if num_classes < 1:
+            raise ModelError(f"model output shape {list(self._out_shape)} holds no scores")
+        self._scores = np.zeros(num_classes, dtype=np.float32)  # reused by every classify
+        if norm is None:
+            norm = infer_normalization(spec.dtype, spec.scale, spec.zero_point)
+        self.preprocessor = Preprocessor(spec, norm)
+        self.labels = self._align(labels, num_classes, labels_source)
+        self.info = ModelInfo(
+            name=name,
+            version=version,
+            sha256=hashlib.sha256(model).hexdigest(),
+            backend=backend,
+            width=spec.width,
+            height=spec.height,
+            channels=spec.channels,
+            dtype=spec.dtype.name,
+            layout=spec.layout,
+            num_classes=num_classes,
+        )
+        log.debug(
+            "model %s: %dx%dx%d %s %s, normalisation mean=%s std=%s (%s)%s, labels from %s",
+            name, spec.width, spec.height, spec.channels, spec.dtype.name, spec.layout,
+            norm.mean, norm.std, norm.source,
+            " [fast path]" if self.preprocessor.fast_path else "", labels_source,
+        )  # fmt: skip
+
+    # -- construction --------------------------------------------------------------------
+
+    @classmethod
+    def load(
+        cls,
+        path: Path,
+        *,
+        labels: Path | None = None,
+        threads: int = 0,
+        backend: str = "auto",
+        mean: list[float] | None = None,
+        std: list[float] | None = None,
+        softmax: str = "auto",
+    ) -> Classifier:
+        """Load a ``.tflite`` model or an edged bundle (unsigned bundles accepted here;
+        signature policy belongs to whoever installs bundles)."""
+        path = Path(path)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise ModelError(f"{path}: no such model file") from None
+        except OSError as err:
+            raise ModelError(f"{path}: cannot read model ({err.strerror or err})") from None
+        if bundle_mod.is_bundle(data) or path.suffix == bundle_mod.BUNDLE_SUFFIX:
+            try:
+                bundle = bundle_mod.read_bundle(data, allow_unsigned=True)
+            except BundleError as err:
+                raise BundleError(f"{path}: {err}") from None
+            return cls.from_bundle(
+                bundle,
+                threads=threads,
+                backend=backend,
+                labels=labels,
+                mean=mean,
+                std=std,
+                softmax=softmax,
+            )
+        interpreter, used = _load(data, threads, backend, where=str(path))
+        meta = read_metadata(data)
+        label_list, source = _explicit_labels(labels)
+        if labels is None and meta.labels:
+            label_list, source = meta.labels, _EMBEDDED
+        return cls._wired(
+            str(path),
+            interpreter,
+            backend=used,
+            model=data,
+            name=path.stem,
+            version=None,
+            labels=label_list,
+            labels_source=source,
+            norm=_explicit_norm(mean, std) or _metadata_norm(meta),
+            softmax=_softmax_mode(softmax),
+        )
+
+    @classmethod
+    def from_bundle(
+        cls,
+        bundle: Bundle,
+        *,
+        threads: int = 0,
+        backend: str = "auto",
+        labels: Path | None = None,
+        mean: list[float] | None = None,
+        std: list[float] | None = None,
+        softmax: str = "auto",
+    ) -> Classifier:
+        """A classifier from a verified bundle: name, version, labels and input spec from its
+        manifest."""
+        where = f"bundle {bundle.name} v{bundle.version}"
+        model = bundle.model_bytes
+        interpreter, used = _load(model, threads, backend, where=where)
+        spec: dict[str, Any] = bundle.manifest.get("input") or {}
+        label_list, source = _explicit_labels(labels)
+        if labels is None:
+            label_list = bundle.labels
+            if not label_list and bundle_mod.LABELS in bundle.members:
+                label_list = parse_labels(bundle.members[bundle_mod.LABELS].decode("utf-8"))
+            source = f"{where} labels"
+        norm = _explicit_norm(mean, std)
+        if norm is None and spec.get("mean") is not None and spec.get("std") is not None:
+            norm = Normalization(_floats(spec["mean"]), _floats(spec["std"]), "bundle")
+        layout = spec.get("layout")
+        clf = cls._wired(
+            where,
+            interpreter,
+            backend=used,
+            model=model,
+            name=bundle.name,
+            version=bundle.version,
+            labels=label_list,
+            labels_source=source,
+            norm=norm or _metadata_norm(read_metadata(model)),
+            layout=str(layout) if layout else None,
+            softmax=_softmax_mode(softmax),
+        )
+        clf._check_manifest(spec, where)
+        return clf
+
+    @classmethod
+    def _wired(cls, where: str, interpreter: Interpreter, **kwargs: Any) -> Classifier:
+        try:
+            return cls(interpreter, **kwargs)
+        except ModelError as err:
+            raise ModelError(f"{where}: {err}") from None
+
+    def _check_manifest(self, spec: dict[str, Any], where: str) -> None:
+        shape = spec.get("shape")
+        if shape is not None and tuple(int(d) for d in shape) != self._in_shape:
+            raise ModelError(
+                f"{where}: manifest input shape {list(shape)} != model input {list(self._in_shape)}"
+            )
+        dtype = spec.get("dtype")
+        if dtype is not None and str(dtype) != self._in_dtype.name:
+            raise ModelError(
+                f"{where}: manifest input dtype {dtype} != model input {self._in_dtype}"
+            )
+
+    def _batch_of_one(self, details: dict[str, Any]) -> dict[str, Any]:
+        shape = [int(d) for d in details["shape"]]
+        if len(shape) == 4 and shape[0] != 1:
+            self._interp.resize_tensor_input(int(details["index"]), [1, *shape[1:]])
+            self._interp.allocate_tensors()
+            details = self._interp.get_input_details()[0]
+        return details
+
+    @staticmethod
+    def _align(labels: list[str], num_classes: int, source: str) -> list[str]:
+        if source == _EMBEDDED:
+            try:
+                return align_labels(labels, num_classes, source)
+            except ModelError as err:
+                log.warning("ignoring %s", err)
+                return align_labels([], num_classes)
+        return align_labels(labels, num_classes, source)
+
+    # -- inference -----------------------------------------------------------------------
+
+    def input_size(self) -> tuple[int, int]:
+        """(width, height) the model wants; frames of this size skip resizing."""
+        return self.info.width, self.info.height
+
+    def preprocess(self, image: np.ndarray) -> np.ndarray:
+        """The input tensor ``classify`` would feed for ``image`` (a copy)."""
+        return self.preprocessor(image).copy()
+
+    def classify(self, image: np.ndarray, top_k: int = 3) -> Prediction:
+        """Classify one HxWx3 uint8 RGB frame (any size; HxW grayscale accepted too)."""
+        t0 = time.perf_counter_ns()
+        tensor = self.preprocessor(image)
+        self._interp.set_tensor(self._in_index, tensor)
+        t1 = time.perf_counter_ns()
+        self._interp.invoke()
+        t2 = time.perf_counter_ns()
+        top = self._top(self._interp.get_tensor(self._out_index).reshape(-1), top_k)
+        t3 = time.perf_counter_ns()
+        return Prediction(
+            label=top[0][0],
+            score=top[0][1],
+            top=top,
+            preprocess_ms=(t1 - t0) / 1e6,
+            invoke_ms=(t2 - t1) / 1e6,
+            postprocess_ms=(t3 - t2) / 1e6,
+        )
+
+    def invoke_raw(self, tensor: np.ndarray) -> np.ndarray:
+        """Feed an input tensor as is (golden vectors, benchmarks); return the output tensor
+        dequantised to float32 (no softmax). A tensor without the batch axis is accepted."""
+        arr = np.asarray(tensor)
+        if arr.dtype != self._in_dtype:
+            raise ValueError(f"input tensor must be {self._in_dtype}, got {arr.dtype}")
+        if arr.shape != self._in_shape:
+            if arr.size != int(np.prod(self._in_shape)):
+                raise ValueError(f"input tensor must have shape {self._in_shape}, got {arr.shape}")
+            arr = arr.reshape(self._in_shape)
+        self._interp.set_tensor(self._in_index, np.ascontiguousarray(arr))
+        self._interp.invoke()
+        return self._dequantize(self._interp.get_tensor(self._out_index))
+
+    def _dequantize(self, raw: np.ndarray) -> np.ndarray:
+        if self._out_scale > 0 and raw.dtype.kind in "iu":
+            return ((raw.astype(np.float32) - self._out_zp) * self._out_scale).astype(np.float32)
+        return raw.astype(np.float32, copy=False)
+
+    def _top(self, raw: np.ndarray, top_k: int) -> list[tuple[str, float]]:
+        k = max(1, min(top_k, raw.size))
+        if self._softmax == "no" and self._out_scale > 0 and raw.dtype.kind in "iu":
+            # Dequantising is monotonic: rank the integers, dequantise only the top k.
+            idx = _top_indices(raw, k)
+            scores = (raw[idx].astype(np.float32) - self._out_zp) * self._out_scale
+            return [(self.labels[i], float(v)) for i, v in zip(idx, scores, strict=True)]
+        values = self._scores
+        np.copyto(values, raw, casting="unsafe")  # to float32 first: int8 math would wrap
+        if raw.dtype.kind in "iu" and self._out_scale > 0:
+            values -= self._out_zp
+            values *= self._out_scale
+        if self._softmax == "yes" or (self._softmax == "auto" and needs_softmax(values)):
+            np.subtract(values, values.max(), out=values)
+            np.exp(values, out=values)
+            np.divide(values, values.sum(), out=values)
+        idx = _top_indices(values, k)
+        return [(self.labels[i], float(values[i])) for i in idx]
+
+
+def _top_indices(values: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the k largest values, largest first (ties: lower index first)."""
+    if k < values.size:
+        idx = np.argpartition(values, values.size - k)[-k:]
+    else:
+        idx = np.arange(values.size)
+    order: np.ndarray = idx[np.argsort(-values[idx].astype(np.float64), kind="stable")]
+    return order
+
+
+def _load(model: bytes, threads: int, backend: str, where: str) -> tuple[Interpreter, str]:
+    try:
+        return load_interpreter(model, threads=threads, backend=backend)
+    except ModelError as err:
+        raise ModelError(f"{where}: {err}") from None
+
+
+def _metadata_norm(meta: ModelMetadata) -> Normalization | None:
+    if meta.mean is None or meta.std is None:
+        return None
+    return Normalization(tuple(meta.mean), tuple(meta.std), "metadata")
+
+
+def _explicit_labels(path: Path | None) -> tuple[list[str], str]:
+    if path is None:
+        return [], "class numbers"
+    return read_labels(Path(path)), str(path)
+
+
+def _explicit_norm(mean: list[float] | None, std: list[float] | None) -> Normalization | None:
+    if mean is None and std is None:
+        return None
+    if mean is None or std is None:
+        raise ModelError("mean and std must be given together")
+    return Normalization(_floats(mean), _floats(std), "config")
+
+
+def _floats(values: Any) -> tuple[float, ...]:
+    if isinstance(values, int | float):
+        return (float(values),)
+    try:
+        return tuple(float(v) for v in values)
+    except (TypeError, ValueError):
+        raise ModelError(f"mean/std must be numbers, not {values!r}") from None
+
+
+def _softmax_mode(value: str) -> SoftmaxMode:
+    if value in ("auto", "yes", "no"):
+        return cast(SoftmaxMode, value)
+    raise ModelError(f"softmax must be auto, yes or no, not {value!r}")

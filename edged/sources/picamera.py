@@ -1,0 +1,297 @@
+"""Frames from a Raspberry Pi ribbon camera through picamera2 (libcamera).
+
+The ISP scales each frame into the *lores* stream at the model's input size, so no
+CPU resize is needed. Formats (Picamera2 manual, appendix A):
+
+* ``YUV420``: ``capture_array`` gives shape ``(h*3//2, stride)``: h rows of Y, then
+  the U and V planes (two half-width rows per array row); any stride padding is
+  left on the right. The only lores format the VC4 ISP (Pi 4 and earlier) offers.
+* ``RGB888``: shape ``(h, w, 3)`` with pixels in **[B, G, R]** byte order (libcamera
+  / DRM naming). Available for lores on the Pi 5 (PiSP).
+
+``picamera2`` is imported only inside :meth:`Picamera2FrameSource.open`.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edged.config import Picamera2Source
+from edged.errors import SourceError
+from edged.sources.base import Frame, FrameSource, transform
+
+log = logging.getLogger("edged.sources")
+
+PICAMERA2_MISSING = (
+    "picamera2 is not installed: on Raspberry Pi OS install python3-picamera2 "
+    "and create the venv with --system-site-packages"
+)
+DEVICE_TREE_MODEL = Path("/proc/device-tree/model")
+BUFFER_COUNT = 4  # picamera2's preview default: enough to keep the ISP busy, little latency
+_PISP_MODELS = re.compile(r"Raspberry Pi (5|500)\b|Compute Module 5\b")
+
+
+def even_up(n: int) -> int:
+    return n + (n % 2)
+
+
+def detect_platform(picamera2_cls: Any = None, model_file: Path | None = None) -> str:
+    """``"pisp"`` (Pi 5 family) or ``"vc4"`` (Pi 4 and earlier).
+
+    picamera2 exposes its own probe as the class attribute ``Picamera2.platform``
+    (``picamera2.Platform.PISP`` / ``.VC4``, from the ``rp1-cfe`` V4L2 card on the Pi 5);
+    older picamera2 releases lack it, so fall back to ``/proc/device-tree/model``.
+    """
+    name = getattr(getattr(picamera2_cls, "platform", None), "name", None)
+    if isinstance(name, str):
+        return "pisp" if name.upper() == "PISP" else "vc4"
+    try:
+        model = (model_file or DEVICE_TREE_MODEL).read_bytes().decode("ascii", "replace")
+    except OSError:
+        return "vc4"
+    return "pisp" if _PISP_MODELS.search(model) else "vc4"
+
+
+def _yuv420_to_rgb_numpy(arr: np.ndarray, width: int) -> np.ndarray:
+    """BT.601 limited range, nearest-neighbour chroma; same maths as OpenCV's I420."""
+    h = arr.shape[0] * 2 // 3
+    stride = arr.shape[1]
+    y = arr[:h, :width].astype(np.float32) - 16.0
+    chroma = np.ascontiguousarray(arr[h:]).reshape(-1)
+    n = (h // 2) * (stride // 2)
+    u = chroma[:n].reshape(h // 2, stride // 2)
+    v = chroma[n : 2 * n].reshape(h // 2, stride // 2)
+    cw = (width + 1) // 2
+    u = u[:, :cw].repeat(2, axis=0).repeat(2, axis=1)[:h, :width].astype(np.float32) - 128.0
+    v = v[:, :cw].repeat(2, axis=0).repeat(2, axis=1)[:h, :width].astype(np.float32) - 128.0
+    y *= 1.164
+    rgb = np.empty((h, width, 3), dtype=np.float32)
+    rgb[..., 0] = y + 1.596 * v
+    rgb[..., 1] = y - 0.813 * v - 0.391 * u
+    rgb[..., 2] = y + 2.018 * u
+    return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
+
+
+def yuv420_to_rgb(arr: np.ndarray, width: int, *, use_cv2: bool | None = None) -> np.ndarray:
+    """picamera2's YUV420 array ``(h*3//2, stride)`` -> RGB ``(h, width, 3)`` uint8.
+
+    Uses ``cv2.cvtColor(..., COLOR_YUV2RGB_I420)`` when OpenCV is importable (or
+    ``use_cv2`` is True), otherwise a vectorised numpy conversion. Both assume
+    BT.601 limited range, which is the colour space the source requests.
+    """
+    if arr.ndim != 2 or arr.shape[0] % 3 or arr.shape[1] % 2 or width > arr.shape[1]:
+        raise SourceError(f"picamera2: unexpected YUV420 array shape {arr.shape} for width {width}")
+    cv2: Any = None
+    if use_cv2 is not False:
+        try:
+            import cv2
+        except ImportError:
+            if use_cv2:
+                raise
+    if cv2 is None:
+        return _yuv420_to_rgb_numpy(arr, width)
+    rgb = cv2.cvtColor(np.ascontiguousarray(arr), cv2.COLOR_YUV2RGB_I420)
+    return np.ascontiguousarray(rgb[:, :width])
+
+
+def fit(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Return ``image`` at ``size`` (w, h): crop the odd pixel rounding added, else resize."""
+    tw, th = size
+    h, w = image.shape[:2]
+    if (w, h) == (tw, th):
+        return image
+    if 0 <= w - tw <= 1 and 0 <= h - th <= 1:
+        return image[:th, :tw]
+    try:
+        import cv2
+    except ImportError:
+        from PIL import Image
+
+        resized = Image.fromarray(np.ascontiguousarray(image)).resize(
+            (tw, th), Image.Resampling.BILINEAR
+        )
+        return np.asarray(resized)
+    interp = cv2.INTER_AREA if w >= tw and h >= th else cv2.INTER_LINEAR
+    return np.asarray(cv2.resize(image, (tw, th), interpolation=interp))
+
+
+class Picamera2FrameSource(FrameSource):
+    """Capture the lores stream at ``target_size`` (the model input, (width, height)).
+
+    Without ``target_size`` the main stream is read at ``cfg.main_size`` instead.
+    The lores stream shows the full field of view scaled (not letterboxed) to that size.
+    ``roi`` and ``rotate`` then apply to that frame, so an roi is in lores pixels; for a
+    90/270 rotation without an roi the lores stream is configured transposed so the
+    rotated frame is ``target_size``.
+    """
+
+    def __init__(self, cfg: Picamera2Source, target_size: tuple[int, int] | None = None) -> None:
+        self.cfg = cfg
+        self.target_size = target_size
+        self.skipped = 0
+        self.platform = ""
+        self.stream = "lores" if target_size is not None else "main"
+        self.format = ""
+        self.stream_size: tuple[int, int] = (0, 0)  # as configured by libcamera
+        self._want: tuple[int, int] | None = None  # size before rotation
+        self._cam: Any = None
+        self._lock = threading.Lock()
+        self._reading = False
+        self._orphan: Any = None
+
+    def _resolve_format(self) -> str:
+        fmt = self.cfg.lores_format
+        if fmt == "auto":
+            if self.stream == "main":
+                return "RGB888"
+            return "RGB888" if self.platform == "pisp" else "YUV420"
+        if fmt == "RGB888" and self.stream == "lores" and self.platform == "vc4":
+            raise SourceError(
+                "picamera2: lores_format RGB888 needs a Pi 5; the VC4 ISP (Pi 4 and "
+                "earlier) only gives a YUV420 lores stream: use lores_format = 'auto'"
+            )
+        return fmt
+
+    def _stream_sizes(self) -> tuple[tuple[int, int], tuple[int, int] | None]:
+        mw, mh = self.cfg.main_size
+        main = (mw - mw % 2, mh - mh % 2)
+        if self.target_size is None:
+            self._want = None
+            return main, None
+        tw, th = self.target_size
+        if self.cfg.rotate in (90, 270) and self.cfg.roi is None:
+            tw, th = th, tw
+        self._want = (tw, th)
+        # Sizes must be even; lores may not exceed main (picamera2 checks this).
+        lores = (min(even_up(tw), main[0]), min(even_up(th), main[1]))
+        return main, lores
+
+    def open(self) -> None:
+        self.close()
+        try:
+            from picamera2 import Picamera2
+        except ImportError:
+            raise SourceError(PICAMERA2_MISSING) from None
+        try:
+            import libcamera
+        except ImportError:  # pragma: no cover - picamera2 cannot import without it
+            libcamera = None
+        self.platform = detect_platform(Picamera2)
+        self.format = self._resolve_format()
+        main, lores = self._stream_sizes()
+        n = self.cfg.camera
+        try:
+            cameras = Picamera2.global_camera_info()
+        except Exception as err:
+            raise SourceError(f"picamera2: cannot list cameras: {err}") from None
+        if n >= len(cameras):
+            raise SourceError(
+                f"picamera2: no camera {n} ({len(cameras)} found; is the ribbon cable seated "
+                "and the camera enabled?)"
+            )
+        try:
+            cam = Picamera2(n)
+        except Exception as err:
+            raise SourceError(
+                f"picamera2: cannot open camera {n} (in use by another process?): {err}"
+            ) from None
+        try:
+            kwargs: dict[str, Any] = {"buffer_count": BUFFER_COUNT}
+            if self.cfg.fps is not None:
+                kwargs["controls"] = {"FrameRate": float(self.cfg.fps)}
+            if self.format == "YUV420" and libcamera is not None:
+                # Our YUV -> RGB maths is BT.601 limited range: ask for exactly that.
+                kwargs["colour_space"] = libcamera.ColorSpace.Smpte170m()
+            if lores is None:
+                config = cam.create_preview_configuration(
+                    main={"size": main, "format": self.format}, **kwargs
+                )
+            else:
+                # The main stream is unused: YUV420 keeps its buffers small (CMA memory).
+                config = cam.create_preview_configuration(
+                    main={"size": main, "format": "YUV420"},
+                    lores={"size": lores, "format": self.format},
+                    **kwargs,
+                )
+            cam.configure(config)
+            actual = cam.camera_configuration()[self.stream]
+            self.stream_size = (int(actual["size"][0]), int(actual["size"][1]))
+            cam.start()
+        except Exception as err:
+            _shutdown(cam)
+            raise SourceError(f"picamera2: cannot start camera {n}: {err}") from None
+        with self._lock:
+            self._cam = cam
+        log.info(
+            "picamera2 source: camera %d (%s) on %s, %s %s %dx%d",
+            n,
+            cameras[n].get("Model", "?"),
+            self.platform,
+            self.stream,
+            self.format,
+            *self.stream_size,
+        )
+
+    def close(self) -> None:
+        with self._lock:
+            cam, self._cam = self._cam, None
+            if cam is not None and self._reading:
+                self._orphan = cam  # shut down by the thread blocked in read()
+                cam = None
+        if cam is not None:
+            _shutdown(cam)
+
+    def read(self) -> Frame | None:
+        with self._lock:
+            cam = self._cam
+            if cam is None:
+                raise SourceError("picamera2 source is not open")
+            self._reading = True
+        try:
+            try:
+                raw = cam.capture_array(self.stream, wait=self.cfg.read_timeout_s)
+            except TimeoutError:
+                raise SourceError(
+                    f"picamera2: capture failed: no frame within {self.cfg.read_timeout_s:g} s"
+                ) from None
+            except Exception as err:
+                why = str(err) or type(err).__name__
+                raise SourceError(f"picamera2: capture failed: {why}") from None
+        finally:
+            with self._lock:
+                self._reading = False
+                orphan, self._orphan = self._orphan, None
+            if orphan is not None:
+                _shutdown(orphan)
+        image = self._to_rgb(np.asarray(raw))
+        return Frame(image=image)
+
+    def _to_rgb(self, raw: np.ndarray) -> np.ndarray:
+        w = self.stream_size[0]
+        if self.format == "YUV420":
+            rgb = yuv420_to_rgb(raw, w)
+        else:
+            if raw.ndim != 3 or raw.shape[2] < 3:
+                raise SourceError(f"picamera2: unexpected {self.format} array shape {raw.shape}")
+            rgb = raw[:, :w, 2::-1]  # RGB888 is [B, G, R] in memory; also drops any X byte
+        if self._want is not None:
+            rgb = fit(rgb, self._want)
+        return np.ascontiguousarray(transform(rgb, self.cfg.roi, self.cfg.rotate))
+
+
+def _shutdown(cam: Any) -> None:
+    """Stop and close a Picamera2, never raising (a dead camera must not block a retry)."""
+    for step in ("cancel_all_and_flush", "stop", "close"):
+        method = getattr(cam, step, None)
+        if method is None:
+            continue
+        try:
+            method()
+        except Exception as err:
+            log.debug("picamera2 %s failed: %s", step, err)

@@ -1,0 +1,57 @@
+"""Shared fixtures: real Mosquitto brokers and subscribers (see tests/broker.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from tests.broker import Mosquitto, MosquittoNotInstalled, Subscriber, find_mosquitto
+
+
+def _require_mosquitto() -> None:
+    try:
+        find_mosquitto()
+    except MosquittoNotInstalled as err:
+        pytest.fail(str(err), pytrace=False)
+
+
+@pytest.fixture
+def mosquitto_factory(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Callable[..., Mosquitto]]:
+    """``mosquitto_factory(users=..., acl=..., tls=..., max_packet_size=..., persistence=...)``
+    starts a private broker; every broker started is killed at teardown."""
+    started: list[Mosquitto] = []
+
+    def make(**kwargs: Any) -> Mosquitto:
+        _require_mosquitto()
+        m = Mosquitto(tmp_path_factory.mktemp("mosquitto"), **kwargs)
+        started.append(m)
+        return m
+
+    yield make
+    for m in started:
+        m.close()
+
+
+@pytest.fixture
+def broker(mosquitto_factory: Callable[..., Mosquitto]) -> Mosquitto:
+    """A plain anonymous broker on 127.0.0.1:<free port>."""
+    return mosquitto_factory()
+
+
+@pytest.fixture
+def subscriber_factory() -> Iterator[Callable[..., Subscriber]]:
+    """``subscriber_factory(broker, topic, **kwargs)``; all are closed at teardown."""
+    made: list[Subscriber] = []
+
+    def make(broker: Mosquitto, topic: str = "#", **kwargs: Any) -> Subscriber:
+        s = Subscriber(broker.host, broker.port, topic, **kwargs)
+        made.append(s)
+        return s
+
+    yield make
+    for s in made:
+        s.close()
