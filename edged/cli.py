@@ -121,6 +121,28 @@ def cmd_classify(args: argparse.Namespace) -> int:
     return ExitStatus.USAGE if failed else ExitStatus.OK
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from edged.bench import BenchOptions, run, table
+
+    host, _, port = (args.broker or "").partition(":")
+    opts = BenchOptions(
+        model=Path(args.model),
+        seconds=args.seconds,
+        threads=[int(t) for t in args.threads.split(",")] if args.threads else None,
+        backends=args.backend or None,
+        host=host or None,
+        port=int(port or 1883),
+        qos=args.qos,
+    )
+    report = run(opts)
+    print(table(report), file=sys.stderr)
+    text = json.dumps(report, indent=2)
+    if args.json:
+        Path(args.json).write_text(text + "\n")
+    print(text)
+    return ExitStatus.OK
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -154,6 +176,18 @@ def build_parser() -> argparse.ArgumentParser:
     cls.add_argument("--top-k", type=_positive_int, default=3, help="classes per line (default 3)")
     cls.add_argument("--threads", type=int, default=0, help="interpreter threads (0 = auto)")
     cls.set_defaults(func=cmd_classify)
+
+    bench = sub.add_parser("bench", help="measure the bare interpreter against the full pipeline")
+    bench.add_argument("model", help=".tflite model or .edgb bundle")
+    bench.add_argument("--seconds", type=float, default=3.0, help="per measurement (default 3)")
+    bench.add_argument("--threads", help="comma-separated thread counts (default 1..cores)")
+    bench.add_argument(
+        "--backend", action="append", help="backend to measure (repeatable; default: all installed)"
+    )
+    bench.add_argument("--broker", help="HOST[:PORT] (default: start a private mosquitto)")
+    bench.add_argument("--qos", type=int, choices=[0, 1, 2], default=1)
+    bench.add_argument("--json", help="also write the JSON report to this file")
+    bench.set_defaults(func=cmd_bench)
     return p
 
 

@@ -115,13 +115,13 @@ class Daemon:
                 log.info("source ended")
                 return
 
-    def process(self, frame: Frame) -> None:
+    def process(self, frame: Frame) -> Prediction:
         cfg = self.cfg
         pred = self.classifier.classify(frame.image, cfg.model.top_k)
         self.processed += 1
         reason = self.policy.decide(pred.label, pred.score, time.monotonic())
         if reason is None:
-            return
+            return pred
         self.seq += 1
         payload = events.prediction_event(
             device=cfg.device_id,
@@ -140,6 +140,7 @@ class Daemon:
             self._state = pred.label
             self.publisher.publish(self.topics.state, pred.label, qos=1, retain=True)
         log.debug("published seq=%d %s %.3f (%s)", self.seq, pred.label, pred.score, reason)
+        return pred
 
     def model_ref(self) -> dict[str, Any]:
         info = self.classifier.info

@@ -23,13 +23,15 @@ import zipfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
-
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from typing import TYPE_CHECKING, Any
 
 from edged.errors import BundleError
+
+if TYPE_CHECKING:  # cryptography costs ~7 MB of RSS: imported only where keys are handled
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+        Ed25519PrivateKey,
+        Ed25519PublicKey,
+    )
 
 BUNDLE_SUFFIX = ".edgb"
 FORMAT = 1
@@ -80,11 +82,16 @@ def is_bundle(data_or_path: bytes | Path) -> bool:
 
 
 def key_id(public_key: Ed25519PublicKey) -> str:
+    from cryptography.hazmat.primitives import serialization
+
     raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     return hashlib.sha256(raw).hexdigest()[:16]
 
 
 def load_private_key(path: Path) -> Ed25519PrivateKey:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     try:
         key = serialization.load_pem_private_key(path.read_bytes(), password=None)
     except (OSError, ValueError, TypeError) as err:
@@ -95,6 +102,9 @@ def load_private_key(path: Path) -> Ed25519PrivateKey:
 
 
 def load_public_key(path: Path) -> Ed25519PublicKey:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
     try:
         key = serialization.load_pem_public_key(path.read_bytes())
     except (OSError, ValueError) as err:
@@ -106,6 +116,9 @@ def load_public_key(path: Path) -> Ed25519PublicKey:
 
 def generate_keypair(private_path: Path, public_path: Path) -> str:
     """Write a new PEM key pair (private key mode 0600); return its key id."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     key = Ed25519PrivateKey.generate()
     pem = key.private_bytes(
         serialization.Encoding.PEM,
@@ -241,6 +254,8 @@ def _verify_signature(
         raise BundleError("signature.json is invalid") from None
     if not trusted_keys:
         return None if allow_unsigned else _fail("no trusted keys configured")
+    from cryptography.exceptions import InvalidSignature
+
     for key in trusted_keys:
         if key_id(key) == kid:
             try:

@@ -324,6 +324,10 @@ class Classifier:
             postprocess_ms=(t3 - t2) / 1e6,
         )
 
+    def interpreter_handles(self) -> tuple[Interpreter, int, int]:
+        """(interpreter, input index, output index), for the bare-interpreter benchmark."""
+        return self._interp, self._in_index, self._out_index
+
     def invoke_raw(self, tensor: np.ndarray) -> np.ndarray:
         """Feed an input tensor as is (golden vectors, benchmarks); return the output tensor
         dequantised to float32 (no softmax). A tensor without the batch axis is accepted."""

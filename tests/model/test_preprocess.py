@@ -168,8 +168,8 @@ def test_preprocessor_matches_reference(
     results: dict[str, list[np.ndarray]] = {}
     for path in ("cv2", "numpy"):
         if path == "numpy":
-            monkeypatch.setattr(preprocess, "cv2", None)
-        elif preprocess.cv2 is None:
+            monkeypatch.setattr(preprocess, "_cv2", None)
+        elif preprocess.opencv() is None:
             continue
         pre = Preprocessor(s, norm)
         out = []

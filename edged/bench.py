@@ -1,0 +1,326 @@
+"""``edged bench``: the bare interpreter against the whole daemon path, in one run.
+
+For each backend and thread count it measures
+
+- **bare**: ``set_tensor`` + ``invoke`` + ``get_tensor`` frames/s, warmed up;
+- **pipeline**: frames/s of the real :class:`~edged.daemon.Daemon` — in-memory source →
+  capture thread → preprocess → invoke → postprocess → policy → publish to a real broker —
+  with frames (a) already at the model's input size and (b) 640×480 (resized per frame);
+- the ratio pipeline/bare, per-frame time spent outside ``invoke`` (median, p99), and
+  capture-to-subscriber latency (p50, p99) measured at a real MQTT subscriber;
+
+then peak RSS and the CPU the daemon uses while it has no frames.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import shutil
+import socket
+import statistics
+import subprocess
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from edged.config import Config, FilesSource, ModelConfig, MqttConfig, PublishConfig
+from edged.daemon import Daemon
+from edged.errors import BrokerError
+from edged.model.classifier import Classifier, Prediction
+from edged.model.runtime import available_backends
+from edged.sdnotify import Notifier
+from edged.sources.base import Frame, FrameSource
+
+
+class MemorySource(FrameSource):
+    """The same frame over and over: at ``fps``, or (``fps=None``) on demand — a new frame
+    is captured as soon as the previous one is taken, so one is always waiting, as from a
+    camera exactly as fast as inference. ``fps=0``: never a frame (the idle case)."""
+
+    def __init__(self, image: np.ndarray, fps: float | None) -> None:
+        self.image, self.fps = image, fps
+        self.taken = threading.Event()
+        self._next = 0.0
+        self._closed = threading.Event()
+
+    def open(self) -> None:
+        self._next = time.monotonic()
+        self.taken.set()
+
+    def read(self) -> Frame | None:
+        if self.fps is None:
+            while not self.taken.wait(0.2):
+                if self._closed.is_set():
+                    return None
+            self.taken.clear()
+            return Frame(self.image, time.monotonic())
+        if self.fps <= 0:
+            self._closed.wait()
+            return None
+        self._next += 1.0 / self.fps
+        delay = self._next - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        else:
+            self._next = time.monotonic()
+        return Frame(self.image, time.monotonic())
+
+    def close(self) -> None:
+        self._closed.set()
+
+
+class _BenchDaemon(Daemon):
+    def __init__(self, cfg: Config, classifier: Classifier, source: MemorySource) -> None:
+        super().__init__(cfg, classifier=classifier, notifier=Notifier({}))
+        self._source = source
+        self.outside_ms: list[float] = []
+        self.captured: dict[int, float] = {}
+
+    def _make_source(self) -> FrameSource:
+        return self._source
+
+    def process(self, frame: Frame) -> Prediction:
+        self._source.taken.set()
+        t0 = time.perf_counter()
+        pred = super().process(frame)
+        took = (time.perf_counter() - t0) * 1000.0
+        self.outside_ms.append(took - pred.invoke_ms)
+        self.captured[self.seq] = frame.captured
+        return pred
+
+
+class _Subscriber:
+    def __init__(self, host: str, port: int, topic: str) -> None:
+        self.received: dict[int, float] = {}
+        self._ready = threading.Event()
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"bench-sub-{os.getpid()}")
+        self.client.on_connect = lambda c, *_: c.subscribe(topic, qos=1)
+        self.client.on_subscribe = lambda *_: self._ready.set()
+        self.client.on_message = self._on_message
+        self.client.connect(host, port)
+        self.client.loop_start()
+        if not self._ready.wait(5):
+            raise BrokerError(f"bench subscriber could not subscribe on {host}:{port}")
+
+    def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        now = time.monotonic()
+        self.received[int(json.loads(msg.payload)["seq"])] = now
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+class PrivateBroker:
+    """A throwaway Mosquitto on a free loopback port (for benchmarks, not production)."""
+
+    def __init__(self) -> None:
+        exe = shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/sbin")
+        if exe is None:
+            raise BrokerError(
+                "mosquitto is not installed (apt-get install mosquitto), or pass --broker"
+            )
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = int(s.getsockname()[1])
+        self._dir = tempfile.TemporaryDirectory(prefix="edged-bench-")
+        conf = Path(self._dir.name) / "mosquitto.conf"
+        user = "user root\n" if os.geteuid() == 0 else ""
+        conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\n{user}")
+        self._proc = subprocess.Popen(
+            [exe, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return
+            time.sleep(0.05)
+        self.close()
+        raise BrokerError("private mosquitto did not start")
+
+    def close(self) -> None:
+        self._proc.kill()
+        self._proc.wait()
+        self._dir.cleanup()
+
+
+def _peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+@dataclass
+class BenchOptions:
+    model: Path
+    seconds: float = 3.0
+    warmup_s: float = 0.5
+    threads: list[int] | None = None
+    backends: list[str] | None = None
+    host: str | None = None  # None = start a private broker
+    port: int = 1883
+    qos: int = 1
+    idle_s: float = 2.0
+
+
+def bare_fps(clf: Classifier, seconds: float, warmup_s: float) -> tuple[float, float]:
+    """Invoke-only frames/s and median invoke ms, on a fixed preallocated input."""
+    tensor = clf.preprocess(np.zeros((clf.info.height, clf.info.width, 3), np.uint8))
+    interp, inp, out = clf.interpreter_handles()
+    end = time.perf_counter() + warmup_s
+    while time.perf_counter() < end:
+        interp.set_tensor(inp, tensor)
+        interp.invoke()
+        interp.get_tensor(out)
+    times: list[float] = []
+    t_end = time.perf_counter() + seconds
+    while (t0 := time.perf_counter()) < t_end:
+        interp.set_tensor(inp, tensor)
+        interp.invoke()
+        interp.get_tensor(out)
+        times.append(time.perf_counter() - t0)
+    return len(times) / sum(times), statistics.median(times) * 1000.0
+
+
+def _config(opts: BenchOptions, host: str, port: int, threads: int, backend: str) -> Config:
+    return Config(
+        device_id="bench",
+        source=FilesSource(path="-"),
+        model=ModelConfig(path=opts.model, threads=threads, backend=backend),
+        mqtt=MqttConfig(host=host, port=port),
+        publish=PublishConfig(mode="every", qos=opts.qos, heartbeat_s=0),
+    )
+
+
+def pipeline(
+    cfg: Config, clf: Classifier, image: np.ndarray, fps: float | None, opts: BenchOptions
+) -> dict[str, float]:
+    """Run the real daemon loop on an in-memory source; measure throughput and latency."""
+    sub = _Subscriber(cfg.mqtt.host, cfg.mqtt.port, f"{cfg.mqtt.topic_prefix}/bench/prediction")
+    daemon = _BenchDaemon(cfg, clf, MemorySource(image, fps))
+    runner = threading.Thread(target=daemon.run, name="bench-daemon")
+    runner.start()
+    time.sleep(opts.warmup_s)
+    n0, t0, skip = daemon.processed, time.monotonic(), len(daemon.outside_ms)
+    time.sleep(opts.seconds)
+    n1, t1 = daemon.processed, time.monotonic()
+    daemon.request_stop()
+    runner.join(10)
+    time.sleep(0.2)  # the last messages in flight
+    sub.close()
+    lat = [
+        (sub.received[s] - daemon.captured[s]) * 1000.0
+        for s in daemon.captured
+        if s in sub.received and s > 0
+    ]
+    outside = daemon.outside_ms[skip:]
+    return {
+        "fps": (n1 - n0) / (t1 - t0),
+        "outside_invoke_ms_p50": _pct(outside, 0.5),
+        "outside_invoke_ms_p99": _pct(outside, 0.99),
+        "latency_ms_p50": _pct(lat, 0.5),
+        "latency_ms_p99": _pct(lat, 0.99),
+        "received": float(len(lat)),
+        "dropped_frames": float(daemon.capture.dropped),
+    }
+
+
+def idle_cpu(cfg: Config, clf: Classifier, seconds: float) -> float:
+    """Percent of one core the daemon uses with a source that yields no frames."""
+    daemon = _BenchDaemon(cfg, clf, MemorySource(np.zeros((1, 1, 3), np.uint8), fps=0))
+    runner = threading.Thread(target=daemon.run, name="bench-idle")
+    runner.start()
+    time.sleep(0.5)
+    c0, t0 = time.process_time(), time.monotonic()
+    time.sleep(seconds)
+    c1, t1 = time.process_time(), time.monotonic()
+    daemon.request_stop()
+    daemon.capture.stop()
+    runner.join(10)
+    return 100.0 * (c1 - c0) / (t1 - t0)
+
+
+def run(opts: BenchOptions) -> dict[str, Any]:
+    backends = opts.backends or available_backends()
+    threads = opts.threads or list(range(1, (os.cpu_count() or 1) + 1))
+    broker = PrivateBroker() if opts.host is None else None
+    host, port = ("127.0.0.1", broker.port) if broker else (opts.host or "", opts.port)
+    results: list[dict[str, Any]] = []
+    idle = rss_model_size = float("nan")
+    try:
+        for backend in backends:
+            for n in threads:
+                cfg = _config(opts, host, port, n, backend)
+                clf = Classifier.load(opts.model, threads=n, backend=backend)
+                fps, invoke_ms = bare_fps(clf, opts.seconds, opts.warmup_s)
+                row: dict[str, Any] = {
+                    "backend": clf.info.backend,
+                    "threads": n,
+                    "bare_fps": fps,
+                    "invoke_ms_p50": invoke_ms,
+                }
+                size = (clf.info.height, clf.info.width, 3)
+                rng = np.random.default_rng(0)
+                for tag, shape in (("model_size", size), ("640x480", (480, 640, 3))):
+                    image = rng.integers(0, 256, shape, dtype=np.uint8)
+                    # Throughput: a frame always waiting. Latency: a camera at half the
+                    # inference rate, so frames never queue and the figure is edged's own.
+                    p = pipeline(cfg, clf, image, None, opts)
+                    slow = pipeline(cfg, clf, image, fps / 2, opts)
+                    p["latency_ms_p50"] = slow["latency_ms_p50"]
+                    p["latency_ms_p99"] = slow["latency_ms_p99"]
+                    p["ratio"] = p["fps"] / fps
+                    row[tag] = p
+                    if tag == "model_size" and np.isnan(rss_model_size):
+                        rss_model_size = _peak_rss_mib()  # before 640x480 frames load OpenCV
+                results.append(row)
+                if np.isnan(idle):
+                    idle = idle_cpu(cfg, clf, opts.idle_s)
+    finally:
+        if broker is not None:
+            broker.close()
+    return {
+        "model": str(opts.model),
+        "cpu_count": os.cpu_count(),
+        "results": results,
+        "peak_rss_mib_model_size": rss_model_size,
+        "peak_rss_mib": _peak_rss_mib(),
+        "idle_cpu_percent": idle,
+    }
+
+
+def table(report: dict[str, Any]) -> str:
+    head = (
+        f"{'backend':<15}{'thr':>4}{'bare fps':>10}{'invoke':>8}"
+        f"{'pipe fps':>10}{'ratio':>7}{'out p50':>9}{'out p99':>9}{'lat p50':>9}{'lat p99':>9}"
+        f"{'640x480':>9}{'ratio':>7}"
+    )
+    lines = [head]
+    for r in report["results"]:
+        m, v = r["model_size"], r["640x480"]
+        lines.append(
+            f"{r['backend']:<15}{r['threads']:>4}{r['bare_fps']:>10.1f}{r['invoke_ms_p50']:>8.2f}"
+            f"{m['fps']:>10.1f}{m['ratio']:>7.3f}{m['outside_invoke_ms_p50']:>9.3f}"
+            f"{m['outside_invoke_ms_p99']:>9.3f}{m['latency_ms_p50']:>9.2f}{m['latency_ms_p99']:>9.2f}"
+            f"{v['fps']:>9.1f}{v['ratio']:>7.3f}"
+        )
+    lines.append(
+        f"peak RSS {report['peak_rss_mib_model_size']:.1f} MiB with model-size frames, "
+        f"{report['peak_rss_mib']:.1f} MiB after 640x480 ones (OpenCV); idle CPU {report['idle_cpu_percent']:.2f} % of a core"
+    )
+    return "\n".join(lines)

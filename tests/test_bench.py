@@ -1,0 +1,49 @@
+"""``edged bench`` end to end: a real broker, the real daemon loop, the JSON report."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.daemon import DEMO_MODEL, ROOT
+from tests.realdata import MODELS, requires_realdata
+
+
+def _bench(model: Path, *args: str) -> dict:
+    out = subprocess.run(
+        [sys.executable, "-m", "edged", "bench", str(model), "--threads", "1", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "bare fps" in out.stderr  # the readable table
+    return json.loads(out.stdout)
+
+
+def test_report_has_every_figure() -> None:
+    report = _bench(DEMO_MODEL, "--seconds", "0.5")
+    (row,) = report["results"]
+    assert row["threads"] == 1 and row["bare_fps"] > 0 and row["invoke_ms_p50"] > 0
+    for tag in ("model_size", "640x480"):
+        p = row[tag]
+        assert p["fps"] > 0 and 0 < p["ratio"] < 1.5
+        # Every published prediction reached the subscriber and was timed.
+        assert p["received"] > 10
+        assert 0 < p["latency_ms_p50"] <= p["latency_ms_p99"]
+        assert 0 <= p["outside_invoke_ms_p50"] <= p["outside_invoke_ms_p99"]
+    assert report["peak_rss_mib"] > 0 and report["idle_cpu_percent"] >= 0
+
+
+@requires_realdata
+@pytest.mark.realdata
+def test_pipeline_keeps_up_with_the_bare_interpreter() -> None:
+    """CI guard: a generous floor, a ratio, so machine noise does not flake it."""
+    report = _bench(MODELS / "coral_mobilenet_v2_1.0_224_quant.tflite", "--seconds", "2")
+    ratio = report["results"][0]["model_size"]["ratio"]
+    assert ratio >= 0.8, json.dumps(report["results"][0], indent=1)
