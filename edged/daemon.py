@@ -9,6 +9,8 @@ import time
 from types import FrameType
 from typing import Any
 
+import numpy as np
+
 from edged import events
 from edged.capture import Capture, SourceHealth
 from edged.config import Config
@@ -82,6 +84,10 @@ class Daemon:
             info.dtype,
             info.backend,
         )
+        # One warm-up inference: first-use imports and the interpreter's first-run set-up
+        # happen now, not in the first frame's latency.
+        w, h = self.classifier.input_size()
+        self.classifier.classify(np.zeros((h, w, 3), np.uint8), 1)
         self.publisher.start()
         self.capture.start()
         self.notifier.ready(f"classifying with {info.name}")
