@@ -203,7 +203,7 @@ def _config(opts: BenchOptions, host: str, port: int, threads: int, backend: str
         source=FilesSource(path="-"),
         model=ModelConfig(path=opts.model, threads=threads, backend=backend),
         mqtt=MqttConfig(host=host, port=port),
-        publish=PublishConfig(mode="every", qos=opts.qos, heartbeat_s=0),
+        publish=PublishConfig(mode="every", qos=opts.qos, heartbeat_s=0, spool=False),
     )
 
 

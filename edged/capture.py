@@ -57,6 +57,7 @@ class Capture:
         self.dropped = 0  # frames replaced before inference took them
         self.hung_since: float | None = None  # a hang detected and not yet over
         self._skipped_done = 0
+        self._skipped_reported = 0  # ``skipped`` as of the last on_health call
         self._source: FrameSource | None = None
 
     @property
@@ -95,12 +96,22 @@ class Capture:
             log.info("source recovered")
         else:
             log.warning("source fault: %s", error)
+        self._notify_health()
+
+    def _notify_health(self) -> None:
+        self._skipped_reported = self.skipped
         if self._on_health is not None:
             self._on_health(self.health)
+
+    def _report_skipped(self) -> None:
+        """Newly skipped inputs are reported too (the health event carries ``skipped``)."""
+        if self.skipped != self._skipped_reported:
+            self._notify_health()
 
     def _backoff(self) -> float:
         delay = self._delay
         self._delay = min(self._delay * 2, self._retry_max)
+        log.debug("source: next attempt in %g s", delay)
         return delay
 
     def _run(self, gen: int, delay: float) -> None:
@@ -138,12 +149,14 @@ class Capture:
                 self._read_started = None
                 self.hung_since = None
                 if frame is None:
+                    self._report_skipped()
                     self.ended = True
                     with self._cond:
                         self._cond.notify_all()
                     return
                 self._delay = self._retry_min
                 self._set_health(True, None)
+                self._report_skipped()
                 with self._cond:
                     if self._frame is not None:
                         self.dropped += 1

@@ -191,6 +191,13 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _one_line(text: str) -> str:
+    """Control characters escaped (a key or file name with a newline or NUL in it)."""
+    return "".join(
+        c.encode("unicode_escape").decode("ascii") if c < " " or c == "\x7f" else c for c in text
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """The error boundary: every failure is one stderr line per problem and an exit code."""
     parser = build_parser()
@@ -201,10 +208,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args))
     except ConfigError as err:
         for line in err.problems:
-            print(f"edged: error: {line}", file=sys.stderr)
+            print(f"edged: error: {_one_line(line)}", file=sys.stderr)
         return err.exit_status
     except EdgedError as err:
-        print(f"edged: error: {err}", file=sys.stderr)
+        print(f"edged: error: {_one_line(str(err))}", file=sys.stderr)
         return err.exit_status
     except KeyboardInterrupt:
         return ExitStatus.INTERRUPTED

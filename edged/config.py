@@ -170,13 +170,90 @@ class PublishConfig(_Section):
         60.0, ge=0, description="Re-publish the current label after this much silence (0 = never)."
     )
     qos: Literal[0, 1, 2] = Field(1, description="QoS of prediction messages.")
-    queue_max: int = Field(10000, ge=1, description="Most messages held while the broker is away.")
+    spool: bool = Field(
+        True,
+        description="Keep messages until the broker acknowledges them in "
+        "<state_dir>/spool.sqlite3, so they survive restarts and power cuts (false: memory only).",
+    )
+    spool_max_messages: int = Field(
+        100000, ge=1, description="Most messages in the spool; the oldest are dropped first."
+    )
+    spool_max_bytes: int = Field(
+        32 * 1024 * 1024,
+        ge=1024,
+        description="Most bytes (topic + payload) in the spool; the oldest are dropped first.",
+    )
+    spool_sync: Literal["full", "normal"] = Field(
+        "full",
+        description="'full': fsync each spool commit (a power cut loses nothing committed); "
+        "'normal': fewer SD-card writes, a power cut can lose the last seconds.",
+    )
+    queue_max: int = Field(
+        10000,
+        ge=1,
+        description="Most messages held in memory (all of them without a spool; with one, "
+        "those not yet written); the oldest are dropped first.",
+    )
+    queue_max_bytes: int = Field(
+        8 * 1024 * 1024,
+        ge=1024,
+        description="Most bytes (topic + payload) held in memory, as queue_max.",
+    )
 
     @model_validator(mode="after")
     def _n_of_m(self) -> PublishConfig:
         if self.agree_n > self.agree_m:
             raise ValueError("agree_n must not exceed agree_m")
         return self
+
+
+GroupName = Annotated[str, Field(pattern=DEVICE_ID_PATTERN)]
+
+
+class UpdateConfig(_Section):
+    """Over-the-air model updates (``python -m tools push``); see ``edged.update``."""
+
+    enabled: bool = Field(
+        True, description="Accept model bundles offered over MQTT (and rollback commands)."
+    )
+    groups: list[GroupName] = Field(
+        default_factory=list,
+        description="Groups whose offers apply too: <prefix>/group/<name>/update/offer.",
+    )
+    trusted_keys: list[Path] = Field(
+        default_factory=list,
+        description="Ed25519 public keys (PEM) whose signatures are accepted on bundles "
+        "and rollback commands.",
+    )
+    allow_unsigned: bool = Field(
+        False, description="Accept unsigned bundles (never rollback commands); testing only."
+    )
+    require_golden: bool = Field(
+        True, description="Refuse bundles whose manifest has no golden test vector."
+    )
+    max_bundle_bytes: int = Field(
+        64 * 1024 * 1024, gt=0, description="Largest bundle accepted (checked from the offer)."
+    )
+    validate_timeout_s: float = Field(
+        30.0, gt=0, description="Wall-clock limit of the validation subprocess."
+    )
+    validate_memory_mb: int = Field(
+        1024, ge=128, description="Address-space limit (RLIMIT_AS) of the validation subprocess."
+    )
+    transfer_timeout_s: float = Field(
+        120.0, gt=0, description="A transfer without a new chunk for this long is given up."
+    )
+    monitor_frames: int = Field(
+        10,
+        ge=0,
+        description="Roll back when this many consecutive outputs of a new model are "
+        "non-finite or identical (0 = off).",
+    )
+    probation_frames: int = Field(
+        100,
+        ge=0,
+        description="Frames a new model is watched for such outputs; it counts as proven after.",
+    )
 
 
 class Config(_Section):
@@ -195,19 +272,30 @@ class Config(_Section):
     publish: PublishConfig = Field(
         default_factory=lambda: PublishConfig(), description="What is published, when."
     )
+    update: UpdateConfig = Field(
+        default_factory=lambda: UpdateConfig(), description="Over-the-air model updates."
+    )
+
+
+# Union members pydantic names in an error's location (``source.device.int``): not keys.
+_UNION_TAGS = frozenset({"int", "str", "float", "bool"})
 
 
 def format_validation_error(err: ValidationError) -> list[str]:
-    problems = []
+    problems: dict[str, list[str]] = {}
     for e in err.errors():
         loc = [str(p) for p in e["loc"]]
         # Drop discriminator tags pydantic inserts (e.g. source.files.path -> source.path).
         if len(loc) >= 2 and loc[0] == "source" and loc[1] in ("files", "opencv", "picamera2"):
             loc = [loc[0], *loc[2:]]
+        if len(loc) >= 2 and loc[-1] in _UNION_TAGS:
+            loc = loc[:-1]  # one problem, one line: the members' messages are joined
         path = ".".join(loc) or "(top level)"
         msg = e["msg"].replace("Value error, ", "")
-        problems.append(f"{path}: {msg}")
-    return problems
+        problems.setdefault(path, [])
+        if msg not in problems[path]:
+            problems[path].append(msg)
+    return [f"{path}: {'; or '.join(msgs)}" for path, msgs in problems.items()]
 
 
 def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
@@ -264,6 +352,8 @@ def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Config:
         raise ConfigError([f"{path}: cannot read ({err.strerror})"]) from None
     except tomllib.TOMLDecodeError as err:
         raise ConfigError([f"{path}: invalid TOML ({err})"]) from None
+    except UnicodeDecodeError as err:
+        raise ConfigError([f"{path}: invalid TOML (not UTF-8 at byte {err.start})"]) from None
     cfg = parse_config(data, environ)
     return resolve_paths(cfg, path.resolve().parent)
 
@@ -272,11 +362,12 @@ def resolve_paths(cfg: Config, base: Path) -> Config:
     """Make relative file paths relative to the config file's directory."""
 
     def fix(p: Path | None) -> Path | None:
-        return None if p is None or p.is_absolute() else base / p
+        return p if p is None or p.is_absolute() else base / p
 
     cfg.model.path = fix(cfg.model.path) or cfg.model.path
     cfg.model.labels = fix(cfg.model.labels) or cfg.model.labels
     cfg.state_dir = fix(cfg.state_dir) or cfg.state_dir
+    cfg.update.trusted_keys = [fix(k) or k for k in cfg.update.trusted_keys]
     if cfg.mqtt.password_file is not None:
         cfg.mqtt.password_file = fix(cfg.mqtt.password_file)
     if cfg.mqtt.tls is not None:
@@ -294,6 +385,7 @@ def check_files(cfg: Config) -> list[str]:
         ("model.path", cfg.model.path),
         ("model.labels", cfg.model.labels),
         ("mqtt.password_file", cfg.mqtt.password_file),
+        *((f"update.trusted_keys[{i}]", k) for i, k in enumerate(cfg.update.trusted_keys)),
     ]
     if cfg.mqtt.tls is not None:
         candidates += [

@@ -17,9 +17,13 @@ from edged.config import Config
 from edged.model.classifier import Classifier, Prediction
 from edged.policy import PublishPolicy
 from edged.publish.mqtt import Publisher
+from edged.publish.spool import open_outbox
 from edged.sdnotify import Notifier
 from edged.sources import open_source
 from edged.sources.base import Frame, FrameSource
+from edged.update.models import boot as boot_model
+from edged.update.monitor import ServiceMonitor
+from edged.update.updater import Updater
 
 log = logging.getLogger("edged")
 
@@ -35,6 +39,10 @@ class Daemon:
         notifier: Notifier | None = None,
     ) -> None:
         self.cfg = cfg
+        # The stored model of the last update wins over model.path (edged.update.models).
+        boot = boot_model(cfg) if classifier is None else None
+        if boot is not None:
+            classifier = boot.classifier
         self.classifier = classifier or Classifier.load(
             cfg.model.path,
             labels=cfg.model.labels,
@@ -45,8 +53,22 @@ class Daemon:
             softmax=cfg.model.softmax,
         )
         self.notifier = notifier or Notifier()
-        self.publisher = Publisher(cfg.mqtt, cfg.device_id, queue_max=cfg.publish.queue_max)
+        # <state_dir>/spool.sqlite3 (memory when off or unusable); seq continues across restarts.
+        self.outbox, self.seqs = open_outbox(cfg)
+        self.publisher = Publisher(
+            cfg.mqtt, cfg.device_id, outbox=self.outbox, on_message=self._on_message
+        )
         self.topics = self.publisher.topics
+        # A classifier passed in (edged bench, tests) runs without updates: no stored state.
+        self.updater = (
+            Updater(cfg, self.publisher, self.classifier, boot)
+            if cfg.update.enabled and boot is not None
+            else None
+        )
+        # Watches a newly installed model in service (None: nothing to roll back to).
+        self.monitor: ServiceMonitor | None = (
+            self.updater.initial_monitor() if self.updater is not None else None
+        )
         self.policy = PublishPolicy(cfg.publish)
         self.capture = Capture(
             self._make_source,
@@ -56,7 +78,7 @@ class Daemon:
             on_health=self._publish_health,
         )
         self._stop = threading.Event()
-        self.seq = 0
+        self.seq = self.seqs.last
         self.processed = 0
         self._state: str | None = None
 
@@ -89,6 +111,8 @@ class Daemon:
         w, h = self.classifier.input_size()
         self.classifier.classify(np.zeros((h, w, 3), np.uint8), 1)
         self.publisher.start()
+        if self.updater is not None:
+            self.updater.start()
         self.capture.start()
         self.notifier.ready(f"classifying with {info.name}")
         try:
@@ -96,6 +120,8 @@ class Daemon:
         finally:
             self.notifier.stopping()
             self.capture.stop()
+            if self.updater is not None:
+                self.updater.stop()
             self.publisher.stop()
             log.info("stopped after %d frames (%d published)", self.processed, self.seq)
         return 0
@@ -115,8 +141,9 @@ class Daemon:
             if watchdog_s is None or hung is None or now - hung < watchdog_s:
                 self.notifier.watchdog(now)
             frame = cap.get(POLL_S)
+            self._take_new_model()
             if frame is not None:
-                self.process(frame)
+                self._process_watched(frame)
             elif cap.ended:
                 log.info("source ended")
                 return
@@ -128,7 +155,7 @@ class Daemon:
         reason = self.policy.decide(pred.label, pred.score, time.monotonic())
         if reason is None:
             return pred
-        self.seq += 1
+        self.seq = self.seqs.next()
         payload = events.prediction_event(
             device=cfg.device_id,
             seq=self.seq,
@@ -147,6 +174,36 @@ class Daemon:
             self.publisher.publish(self.topics.state, pred.label, qos=1, retain=True)
         log.debug("published seq=%d %s %.3f (%s)", self.seq, pred.label, pred.score, reason)
         return pred
+
+    # -- model updates (edged.update) -------------------------------------------------------
+
+    def _on_message(self, topic: str, payload: bytes) -> None:
+        if self.updater is not None:  # paho's thread: the updater only queues
+            self.updater.on_message(topic, payload)
+
+    def _take_new_model(self) -> None:
+        """Between two frames: swap in a model the update thread loaded (a pointer swap)."""
+        swap = self.updater.slot.take() if self.updater is not None else None
+        if swap is None:
+            return
+        old, self.classifier = self.classifier, swap.classifier
+        self.monitor = swap.monitor
+        swap.complete(old, time.monotonic())
+        info = self.classifier.info
+        log.info("now classifying with %s v%s (%s)", info.name, info.version, info.sha256[:12])
+
+    def _process_watched(self, frame: Frame) -> None:
+        """``process``; a new model that fails is reported for rollback instead of raising."""
+        monitor = self.monitor
+        try:
+            pred = self.process(frame)
+        except Exception as err:
+            if monitor is None or not monitor.failure(f"{type(err).__name__}: {err}"):
+                raise
+            log.error("frame %s lost: %s", frame.name or "", err)
+            return
+        if monitor is not None:
+            monitor.observe(pred.top, frame.image)
 
     def model_ref(self) -> dict[str, Any]:
         info = self.classifier.info

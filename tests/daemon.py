@@ -43,7 +43,7 @@ def demo_config(tmp_path: Path, broker: Mosquitto, **overrides: dict[str, Any]) 
     cfg: dict[str, Any] = {
         "device_id": "cam-1",
         "state_dir": str(tmp_path / "state"),
-        "source": {"type": "files", "path": str(SAMPLES), "fps": 20, "loop": False},
+        "source": {"type": "files", "path": str(SAMPLES), "fps": 10, "loop": False},
         "model": {"path": str(DEMO_MODEL)},
         "mqtt": {
             "host": broker.host,

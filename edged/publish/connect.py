@@ -19,6 +19,7 @@ from edged.config import MqttConfig
 from edged.errors import BrokerError
 
 WARN_INTERVAL_S = 60.0  # identical warnings are repeated at most this often
+LOOP_TIMEOUT_S = 0.25  # paho network loop wake-up (keepalive checks); paho's default is 1 s
 
 
 class RateLimitedLog:
@@ -48,6 +49,16 @@ class Client(mqtt.Client):
     """paho client that remembers why the last connection attempt failed."""
 
     last_connect_error: OSError | None = None
+
+    def _thread_main(self) -> None:
+        # loop_start()'s thread, with a shorter select() timeout than paho's 1 s: paho checks the
+        # keepalive only when its loop wakes, and nothing wakes it once a half-open connection
+        # has filled the in-flight window, so a dead broker was noticed up to 2 s after 2 x
+        # keepalive (one late PINGREQ, one late close); now within 2 x LOOP_TIMEOUT_S.
+        try:
+            self.loop_forever(timeout=LOOP_TIMEOUT_S, retry_first_connection=True)
+        finally:
+            self._thread = None
 
     def reconnect(self) -> MQTTErrorCode:
         try:

@@ -6,7 +6,9 @@ connected, keeps at most ``MAX_INFLIGHT`` unacknowledged, and removes a QoS 1/2 
 outbox only when paho's ``on_publish`` fires for it. After a lost connection the unacknowledged
 messages are sent again first, in order: QoS >= 1 messages are delivered at least once across
 broker restarts (duplicates possible). paho's own resend queue is emptied on every connect so
-that the outbox is the only source of truth.
+that the outbox is the only source of truth. With a persistent outbox (``SqliteOutbox``, the
+daemon's default) that also holds across restarts; the publisher closes the outbox it was given
+when it stops.
 
 Threads: the caller(s) of ``publish``; paho's network thread (callbacks); the sender thread.
 ``_cond`` guards all state and is never held while calling into paho. ``_send_lock`` serialises
@@ -82,6 +84,7 @@ class Publisher:
         device_id: str,
         *,
         queue_max: int = 10000,
+        queue_max_bytes: int | None = None,
         on_message: Callable[[str, bytes], None] | None = None,
         outbox: Outbox | None = None,
     ) -> None:
@@ -89,8 +92,10 @@ class Publisher:
         self.device_id = device_id
         self.topics = Topics(cfg.topic_prefix, device_id)
         self._on_message = on_message
-        self._outbox: Outbox = outbox if outbox is not None else MemoryOutbox(queue_max)
-        self._queue_max = queue_max
+        self._outbox: Outbox = (
+            outbox if outbox is not None else MemoryOutbox(queue_max, queue_max_bytes)
+        )
+        self._seen_dropped = self._outbox.dropped
         self._where = f"{cfg.host}:{cfg.port}"
         self._v5 = cfg.protocol == "5"
         self._warn = RateLimitedLog(log)
@@ -112,7 +117,6 @@ class Publisher:
         self._subs: dict[str, int] = {}
         self._counts = {
             "published": 0,
-            "dropped": 0,
             "failures": 0,
             "reconnects": 0,
             "connect_failures": 0,
@@ -121,6 +125,8 @@ class Publisher:
         self._sender: threading.Thread | None = None
         self._sender_exit = False
         self._stopped = False
+        self._last_error: str | None = None  # paho's last error log line (e.g. a TLS alert)
+        self._refused = False  # this connection's CONNACK refused it (already logged)
 
     # ------------------------------------------------------------------ public API
 
@@ -131,10 +137,11 @@ class Publisher:
     @property
     def stats(self) -> dict[str, int]:
         """Counters: published (acknowledged), queued (waiting or unacknowledged), dropped
-        (outbox overflow), failures (messages rejected or undeliverable), reconnects,
-        connect_failures, inflight."""
+        (outbox overflow, oldest first; a spool counts across restarts), failures (messages
+        rejected or undeliverable), reconnects, connect_failures, inflight."""
         with self._cond:
             out = dict(self._counts)
+            out["dropped"] = self._outbox.dropped
             out["queued"] = len(self._outbox)
             out["inflight"] = len(self._inflight)
         return out
@@ -156,6 +163,7 @@ class Publisher:
         client.on_publish = self._handle_publish
         client.on_subscribe = self._handle_subscribe
         client.on_message = self._handle_message
+        client.on_log = self._handle_log
         client.connect_async(cfg.host, cfg.port, cfg.keepalive_s, **connect_kwargs(cfg))
         self._client = client
         self._sender = threading.Thread(
@@ -177,14 +185,13 @@ class Publisher:
         _check_topic(topic)
         data = payload.encode("utf-8") if isinstance(payload, str) else bytes(payload)
         with self._cond:
-            dropped = self._outbox.append(topic, data, qos, retain)
-            if dropped:
-                self._counts["dropped"] += dropped
+            self._outbox.append(topic, data, qos, retain)
+            # Also drops the outbox made on its own since (a spool enforces its bounds later).
+            dropped = self._outbox.dropped
+            new_drops, self._seen_dropped = dropped > self._seen_dropped, dropped
             self._cond.notify_all()
-        if dropped:
-            self._warn.warning(
-                f"outbox full ({self._queue_max} messages): dropping the oldest messages"
-            )
+        if new_drops:
+            self._warn.warning("outbox full: dropping the oldest messages")
 
     def subscribe(self, topic: str, qos: int = 1) -> None:
         """Subscribe now (if connected) and again after every reconnect."""
@@ -194,6 +201,14 @@ class Publisher:
         if client is not None:
             client.subscribe(topic, qos)
 
+    def unsubscribe(self, topic: str) -> None:
+        """Stop receiving ``topic``, now and after reconnects."""
+        with self._cond:
+            self._subs.pop(topic, None)
+            client = self._client if self._connected else None
+        if client is not None:
+            client.unsubscribe(topic)
+
     def stop(self, timeout: float = 1.5) -> None:
         """Flush what can be flushed within ``timeout``, publish availability ``stopped`` and
         disconnect cleanly (no will). If ``stopped`` cannot be delivered in time, the broker is
@@ -202,8 +217,12 @@ class Publisher:
         with self._cond:
             if client is None or self._stopped:
                 self._stopped = True
-                return
-            self._stopped = True
+                client = None
+            else:
+                self._stopped = True
+        if client is None:
+            self._outbox.close()
+            return
         deadline = time.monotonic() + timeout
         reserve = min(0.5, timeout / 3)
 
@@ -248,6 +267,7 @@ class Publisher:
             unsent = len(self._outbox)
         if unsent:
             log.warning("stopped with %d message(s) not delivered", unsent)
+        self._outbox.close()
         log.info(
             "disconnected from %s (%s)",
             self._where,
@@ -351,8 +371,10 @@ class Publisher:
         if reason_code.is_failure:
             with self._cond:
                 self._counts["connect_failures"] += 1
+                self._refused = True
             self._warn.warning(f"broker {self._where} refused the connection: {reason_code}")
             return
+        self._last_error = None
         max_packet = getattr(properties, "MaximumPacketSize", None)
         receive_max = getattr(properties, "ReceiveMaximum", None)
         with self._send_lock:
@@ -432,6 +454,7 @@ class Publisher:
             self._ignore.clear()
             self._cursor = 0
             stopping = self._stopped
+            refused, self._refused = self._refused, False
             self._cond.notify_all()
         if gave_up:
             log.warning(
@@ -441,6 +464,14 @@ class Publisher:
                 MAX_HEAD_ATTEMPTS,
             )
         if not was_connected:
+            # Closed before a CONNACK: e.g. a TLS 1.3 broker refusing our client certificate
+            # (the alert arrives after the handshake) or one that never answers.
+            why, self._last_error = self._last_error, None
+            if not stopping and not refused:
+                self._warn.warning(
+                    f"cannot connect to {self._where}: the connection was closed before the "
+                    f"broker accepted it ({why or reason_code})"
+                )
             return
         if stopping:
             log.debug("disconnected from %s", self._where)
@@ -451,6 +482,10 @@ class Publisher:
             reason_code,
             unacked,
         )
+
+    def _handle_log(self, client: mqtt.Client, userdata: Any, level: int, buf: str) -> None:
+        if level == mqtt.MQTT_LOG_ERR:
+            self._last_error = buf
 
     def _handle_publish(
         self,

@@ -35,5 +35,30 @@ class Topics:
         return f"{self.base}/model"
 
     @property
-    def update(self) -> str:  # inbound: model bundles (OTA)
+    def update(self) -> str:  # OTA topics live under here (see edged.update)
         return f"{self.base}/update"
+
+    @property
+    def update_offer(self) -> str:  # inbound, retained: JSON offer of a bundle
+        return offer_topic(self.base)
+
+    @property
+    def update_result(self) -> str:  # outbound: JSON result of an offer or command
+        return f"{self.base}/update/result"
+
+    @property
+    def update_command(self) -> str:  # inbound: signed JSON command (rollback)
+        return f"{self.base}/update/command"
+
+    def group_base(self, group: str) -> str:
+        return f"{self.prefix}/group/{group}"
+
+
+def offer_topic(scope: str) -> str:
+    """``scope`` is ``<prefix>/<device_id>`` or ``<prefix>/group/<group>``."""
+    return f"{scope}/update/offer"
+
+
+def chunk_topic(scope: str, transfer_id: str, index: int | str) -> str:
+    """Retained chunk ``index`` (0-based; ``+`` to subscribe to all) of a transfer."""
+    return f"{scope}/update/chunk/{transfer_id}/{index}"

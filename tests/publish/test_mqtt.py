@@ -536,3 +536,30 @@ def test_check_broker_times_out_on_a_frozen_broker(broker: Mosquitto) -> None:
         check_broker(config(broker), "dev1", 1.0)
     assert time.monotonic() - t0 < 2.0
     broker.thaw()
+
+
+def test_unsubscribe_stops_delivery_also_after_reconnect(broker: Mosquitto) -> None:
+    got: list[str] = []
+    pub = Publisher(
+        MqttConfig(host=broker.host, port=broker.port),
+        "dev-u",
+        on_message=lambda t, p: got.append(t),
+    )
+    pub.start()
+    assert pub.wait_connected(5)
+    pub.subscribe("in/a")
+    pub.subscribe("in/b")
+    time.sleep(0.3)
+    pub.unsubscribe("in/a")
+    time.sleep(0.3)
+    other = Publisher(MqttConfig(host=broker.host, port=broker.port), "dev-v")
+    other.start()
+    assert other.wait_connected(5)
+    other.publish("in/a", "x")
+    other.publish("in/b", "y")
+    deadline = time.monotonic() + 5
+    while "in/b" not in got and time.monotonic() < deadline:
+        time.sleep(0.05)
+    other.stop()
+    pub.stop()
+    assert got == ["in/b"]

@@ -1,0 +1,38 @@
+"""Over-the-air model updates: bundles pushed over MQTT, verified, validated, swapped in.
+
+Topics (``<scope>`` is ``<prefix>/<device_id>`` or ``<prefix>/group/<group>`` for the groups
+in ``[update] groups``):
+
+=========================================  ==========  =========================================
+topic                                      direction   payload
+=========================================  ==========  =========================================
+``<scope>/update/offer``                   in, kept    JSON offer (:mod:`edged.update.transfer`)
+``<scope>/update/chunk/<transfer_id>/<i>`` in, kept    raw bundle bytes of chunk ``i``
+``<prefix>/<device_id>/update/command``    in          signed JSON command
+                                                       (:mod:`edged.update.command`)
+``<prefix>/<device_id>/update/result``     out         JSON result of an offer or a command
+``<prefix>/<device_id>/model``             out, kept   JSON: active and previous model, last
+                                                       update
+=========================================  ==========  =========================================
+
+("kept" = retained.) A result::
+
+    {"schema": 1, "device": "cam-1", "transfer_id": "9f2c...", "name": "digits", "version": 2,
+     "status": "accepted" | "rejected" | "rolled_back", "reason": "...", "ts": "...Z"}
+
+(command results add ``"command": "rollback"`` and ``"issued"``, with ``transfer_id`` null).
+An offer for the version already active, or for a transfer already answered (the retained offer
+is delivered again at every reconnect), is ignored without a result.
+
+The path of a bundle: offer checked (size limit, version above the highest accepted one) ->
+chunks received into ``<state_dir>/models/.<transfer_id>.part``, each checked against its
+SHA-256 -> whole-file SHA-256 -> :func:`~edged.model.bundle.read_bundle` with the trusted keys
+(signature, every member's digest, size) -> manifest name/version must match the offer ->
+``python -m edged.update.validate`` in a resource-limited subprocess -> loaded on the update
+thread -> renamed to ``<version>-<sha12>.edgb`` -> ``state.json`` committed atomically ->
+swapped in by the frame loop between two frames -> result ``accepted`` and the model topic. Any
+failure leaves the running model and the saved state as they were and reports ``rejected``
+with the reason. A new model is watched in service (:mod:`edged.update.monitor`) and rolled
+back automatically (``rolled_back``); a signed ``rollback`` command returns to the previous
+version on request.
+"""

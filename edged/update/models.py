@@ -1,0 +1,151 @@
+"""Which model to run: load a stored record, and choose the model at startup.
+
+At startup an installed bundle that the state names as active wins over ``model.path`` (that is
+what an update is for; delete ``<state_dir>/models/state.json`` to go back to ``model.path``).
+``model.path`` is used when there is no state, when the active model is the configured one (as
+it is now configured), or when neither the active nor the previous stored model loads. A new model that has not yet passed its probation counts its starts: after
+``MAX_BOOT_ATTEMPTS`` starts without passing (it keeps crashing the daemon), the previous model
+is made active again.
+
+Installed bundles are run with their own labels and normalisation; ``model.labels``, ``mean``
+and ``std`` belong to the configured model only (``threads``, ``backend``, ``softmax`` apply
+to every model).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from edged.config import Config
+from edged.errors import BundleError, EdgedError, ModelError
+from edged.model.bundle import DEFAULT_MAX_BYTES, read_bundle
+from edged.model.classifier import Classifier
+from edged.update.store import ModelRecord, State, Store
+
+log = logging.getLogger("edged.update")
+
+MAX_BOOT_ATTEMPTS = 2
+
+
+def config_record(clf: Classifier, path: Path) -> ModelRecord:
+    """The record of the configured model (``model.path``)."""
+    info = clf.info
+    try:
+        bundle_sha: str | None = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    except OSError:
+        bundle_sha = None
+    return ModelRecord(
+        name=info.name,
+        version=info.version,
+        sha256=info.sha256,
+        file=str(Path(path).resolve()),
+        bundle_sha256=bundle_sha,
+    )
+
+
+def is_config_model(record: ModelRecord, cfg: Config) -> bool:
+    return Path(record.file).is_absolute() and Path(record.file) == Path(cfg.model.path).resolve()
+
+
+def load_record(record: ModelRecord, store: Store, cfg: Config) -> Classifier:
+    """Load a stored model; :class:`ModelError` if it is missing, changed or unloadable."""
+    m = cfg.model
+    path = store.path_of(record)
+    if Path(record.file).is_absolute():  # the configured model (or one like it)
+        own = is_config_model(record, cfg)
+        clf = Classifier.load(
+            path,
+            labels=m.labels if own else None,
+            mean=m.mean if own else None,
+            std=m.std if own else None,
+            threads=m.threads,
+            backend=m.backend,
+            softmax=m.softmax,
+        )
+        if clf.info.sha256 != record.sha256:
+            log.warning("%s changed since it was recorded; using it as it is now", path)
+        return clf
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise ModelError(f"{path}: cannot read ({err.strerror or err})") from None
+    if record.bundle_sha256 and hashlib.sha256(data).hexdigest() != record.bundle_sha256:
+        raise ModelError(f"{path}: does not match its recorded sha256 (corrupted?)")
+    try:
+        limit = max(cfg.update.max_bundle_bytes, DEFAULT_MAX_BYTES)  # checked when installed
+        bundle = read_bundle(data, allow_unsigned=True, max_bytes=limit)
+    except BundleError as err:
+        raise BundleError(f"{path}: {err}") from None
+    return Classifier.from_bundle(bundle, threads=m.threads, backend=m.backend, softmax=m.softmax)
+
+
+def describe(record: ModelRecord | None) -> str:
+    if record is None:
+        return "none"
+    return f"{record.name} v{record.version}"
+
+
+@dataclass(slots=True)
+class Boot:
+    classifier: Classifier | None  # None: load model.path
+    state: State
+    rolled_back: str | None = None  # why the boot went back to the previous model
+
+
+def boot(cfg: Config) -> Boot:
+    """The model to start with, from ``<state_dir>/models/state.json`` when there is one."""
+    store = Store(cfg.state_dir)
+    state = store.load()
+    if state.active is None or Path(state.active.file).is_absolute():
+        return Boot(None, state)  # no update active: model.path as configured now
+    note = None
+    dirty = False
+    active = state.active
+    if not active.confirmed and state.previous is not None:
+        state.boot_attempts += 1
+        dirty = True
+        if state.boot_attempts > MAX_BOOT_ATTEMPTS:
+            note = (
+                f"{describe(active)} did not pass its probation in {MAX_BOOT_ATTEMPTS} starts; "
+                f"back to {describe(state.previous)}"
+            )
+            _go_back(state, note)
+    for attempt in (state.active, state.previous):
+        if attempt is None:
+            continue
+        try:
+            clf = load_record(attempt, store, cfg)
+        except (EdgedError, OSError) as err:
+            log.error("cannot load stored model %s: %s", describe(attempt), err)
+            if attempt is state.active and state.previous is not None:
+                note = f"{describe(attempt)} could not be loaded ({err}); back to {describe(state.previous)}"
+                _go_back(state, note, drop_failed=True)
+            dirty = True
+            continue
+        if dirty:
+            _save(store, state)
+        log.info("starting with stored model %s (%s)", describe(attempt), store.path_of(attempt))
+        return Boot(clf, state, note)
+    state.active = state.previous = None
+    _save(store, state)
+    return Boot(None, state, note)
+
+
+def _go_back(state: State, reason: str, *, drop_failed: bool = False) -> None:
+    failed = state.active
+    assert failed is not None and state.previous is not None
+    state.active = state.previous
+    state.active.confirmed = True
+    state.previous = None if drop_failed else failed
+    state.boot_attempts = 0
+    state.note(failed.transfer_id, failed.version, "rolled_back", reason)
+
+
+def _save(store: Store, state: State) -> None:
+    try:
+        store.save(state)
+    except OSError as err:
+        log.warning("cannot save update state in %s: %s", store.dir, err)

@@ -1,0 +1,226 @@
+"""On-disk update state under ``<state_dir>/models``: installed bundles and ``state.json``.
+
+::
+
+    <state_dir>/models/
+        state.json               {"active", "previous", "highest_version", "last_command_issued",
+                                  "last_update", "answered", "boot_attempts"}
+        2-1a2b3c4d5e6f.edgb      installed bundles: <version>-<first 12 hex of bundle sha256>
+        .<transfer_id>.part      a transfer in progress (removed at startup)
+
+Every file is written to a temporary name, fsynced, renamed into place, and the directory is
+fsynced. Writing ``state.json`` is the commit point of an update or rollback: after a power cut
+at any moment the state names exactly the old or the new model, and the bundle it names is
+complete. Only the active and the previous bundle are kept.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edged.events import iso_utc
+
+log = logging.getLogger("edged.update")
+
+MODELS = "models"
+STATE = "state.json"
+BUNDLE_NAME = re.compile(r"^(\d+)-([0-9a-f]{12})\.edgb$")
+MAX_ANSWERED = 32  # transfer ids remembered as answered
+
+
+@dataclass(slots=True)
+class ModelRecord:
+    """A model the device can run. ``file`` is a bundle name in the models directory, or an
+    absolute path (the configured ``model.path``)."""
+
+    name: str
+    version: int | None
+    sha256: str  # of model.tflite: what predictions carry
+    file: str
+    bundle_sha256: str | None = None  # of the whole file
+    confirmed: bool = True  # False until a new model has passed its probation
+    transfer_id: str | None = None  # the transfer that installed it
+
+    def ref(self) -> dict[str, Any]:
+        return {"name": self.name, "version": self.version, "sha256": self.sha256}
+
+    @classmethod
+    def from_dict(cls, raw: Any) -> ModelRecord | None:
+        if not isinstance(raw, dict):
+            return None
+        version = raw.get("version")
+        return cls(
+            name=str(raw["name"]),
+            version=int(version) if version is not None else None,
+            sha256=str(raw["sha256"]),
+            file=str(raw["file"]),
+            bundle_sha256=raw.get("bundle_sha256"),
+            confirmed=bool(raw.get("confirmed", True)),
+            transfer_id=raw.get("transfer_id"),
+        )
+
+
+@dataclass(slots=True)
+class State:
+    active: ModelRecord | None = None
+    previous: ModelRecord | None = None
+    highest_version: int = 0  # replay/downgrade floor: offers must be above it
+    last_command_issued: float | None = None  # commands must be issued after it
+    last_update: dict[str, Any] | None = None  # {transfer_id, version, status, reason, ts}
+    answered: list[str] = field(default_factory=list)  # transfer ids answered (newest last)
+    boot_attempts: int = 0  # starts with an unconfirmed active model
+
+    def to_json(self) -> bytes:
+        body = asdict(self)
+        return (json.dumps(body, indent=1, sort_keys=True) + "\n").encode("utf-8")
+
+    @classmethod
+    def from_json(cls, data: bytes) -> State:
+        raw = json.loads(data)
+        if not isinstance(raw, dict):
+            raise ValueError("state is not a JSON object")
+        issued = raw.get("last_command_issued")
+        return cls(
+            active=ModelRecord.from_dict(raw.get("active")),
+            previous=ModelRecord.from_dict(raw.get("previous")),
+            highest_version=int(raw.get("highest_version") or 0),
+            last_command_issued=float(issued) if issued is not None else None,
+            last_update=raw.get("last_update"),
+            answered=[str(t) for t in raw.get("answered") or []][-MAX_ANSWERED:],
+            boot_attempts=int(raw.get("boot_attempts") or 0),
+        )
+
+    def remember(self, transfer_id: str) -> None:
+        if transfer_id not in self.answered:
+            self.answered = [*self.answered, transfer_id][-MAX_ANSWERED:]
+
+    def note(self, tid: str | None, version: int | None, status: str, reason: str) -> None:
+        """Record the outcome of an update (and remember its transfer id as answered)."""
+        if tid is not None:
+            self.remember(tid)
+        self.last_update = {
+            "transfer_id": tid,
+            "version": version,
+            "status": status,
+            "reason": reason,
+            "ts": iso_utc(time.time()),
+        }
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Temp file + fsync + rename + fsync(dir): ``path`` holds the old or the new bytes, never
+    a mix. The temporary file is removed when any step fails (the error is raised)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        try:
+            write_all(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    fsync_dir(path.parent)
+
+
+class Store:
+    def __init__(self, state_dir: Path) -> None:
+        self.dir = Path(state_dir) / MODELS
+        self.state_path = self.dir / STATE
+
+    def ensure_dir(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+    def load(self) -> State:
+        """The saved state; an empty one when there is none. An unreadable state file is set
+        aside (``state.json.bad``) and reported; the configured model is used then."""
+        try:
+            data = self.state_path.read_bytes()
+        except FileNotFoundError:
+            return State()
+        except OSError as err:
+            log.error(
+                "update state %s unreadable (%s); using the configured model", self.state_path, err
+            )
+            return State()
+        try:
+            return State.from_json(data)
+        except (ValueError, KeyError, TypeError) as err:
+            log.error(
+                "update state %s is corrupt (%s); set aside as %s.bad", self.state_path, err, STATE
+            )
+            with contextlib.suppress(OSError):
+                os.replace(self.state_path, self.state_path.with_name(STATE + ".bad"))
+            return State()
+
+    def save(self, state: State) -> None:
+        """Commit ``state`` (raises ``OSError``: the previous state stays in force)."""
+        self.ensure_dir()
+        atomic_write(self.state_path, state.to_json())
+
+    def part_path(self, transfer_id: str) -> Path:
+        self.ensure_dir()
+        return self.dir / f".{transfer_id}.part"
+
+    def install(self, part: Path, version: int, bundle_sha256: str) -> str:
+        """Move a complete, fsynced transfer file to its final name; returns that name."""
+        name = f"{version}-{bundle_sha256[:12]}.edgb"
+        os.replace(part, self.dir / name)
+        fsync_dir(self.dir)
+        return name
+
+    def path_of(self, record: ModelRecord) -> Path:
+        p = Path(record.file)
+        return p if p.is_absolute() else self.dir / p
+
+    def cleanup(self, state: State, keep: Path | None = None) -> list[str]:
+        """Delete installed bundles other than the active and previous ones (and ``keep``,
+        the configured model), and leftover transfer files; returns the names removed."""
+        kept = {r.file for r in (state.active, state.previous) if r is not None}
+        if keep is not None and Path(keep).parent.resolve() == self.dir.resolve():
+            kept.add(Path(keep).name)
+        removed = []
+        try:
+            entries = list(self.dir.iterdir())
+        except OSError:
+            return []
+        for p in entries:
+            stale = (BUNDLE_NAME.match(p.name) and p.name not in kept) or p.name.endswith(
+                (".part", ".tmp")
+            )
+            if stale:
+                try:
+                    p.unlink()
+                    removed.append(p.name)
+                except OSError as err:
+                    log.warning("cannot remove %s: %s", p, err)
+        return removed
+
+    def discard(self, name: str) -> None:
+        with contextlib.suppress(OSError):
+            (self.dir / name).unlink()
