@@ -1,5 +1,9 @@
-"""Host-side tools for edged: demo data export and model training (not installed on the device).
+"""Host-side tools for edged (not installed on devices): ``python -m tools <command>``.
 
-TensorFlow is imported lazily, inside the functions that need it, so that importing these
-modules (for type checking, linting or the tests) never requires it.
+``train`` (tools/train/), ``bundle`` (tools/bundle.py), ``keygen`` (tools/keygen.py), ``push``
+(tools/push.py), and ``python -m tools.demo_data`` for the digits demo's data.
+
+TensorFlow, Keras and scikit-learn are imported lazily, inside the functions that need them,
+so importing these modules (for type checking, linting, the tests or the bundle and keygen
+commands) never requires them.
 """

@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 
 from edged.model.bundle import GOLDEN, LABELS, MODEL, Bundle, read_bundle
-from tools.train import InputSpec, TfliteRunner, load_rgb
+from edged.model.classifier import Classifier
+from tools.bundle import input_spec, replay_golden
+from tools.train import load_rgb
 
 REPO = Path(__file__).resolve().parents[2]
 BUNDLE = REPO / "models" / "digits.edgb"
@@ -29,11 +31,10 @@ def interpreter(bundle: Bundle) -> Any:
     return interp
 
 
-def spec_of(bundle: Bundle) -> InputSpec:
-    spec = bundle.manifest["input"]
-    _, h, w, c = spec["shape"]
-    scale, zero_point = spec["quantization"]
-    return InputSpec(h, w, c, spec["mean"], spec["std"], spec["dtype"], scale, zero_point)
+@pytest.fixture(scope="module")
+def classifier(bundle: Bundle) -> Classifier:
+    pytest.importorskip("ai_edge_litert")
+    return Classifier.from_bundle(bundle, threads=1)
 
 
 def test_bundle_reads_and_is_small(bundle: Bundle) -> None:
@@ -91,27 +92,34 @@ def test_golden_vector_reproduces(bundle: Bundle, interpreter: Any) -> None:
     np.testing.assert_allclose(got, want, rtol=0, atol=golden["atol"])
 
 
+def test_golden_vector_replays_through_the_classifier(
+    bundle: Bundle, classifier: Classifier
+) -> None:
+    out = replay_golden(bundle, classifier)
+    assert int(np.argmax(out)) == bundle.labels.index(bundle.manifest["golden"]["label"])
+
+
+def test_manifest_input_spec_is_what_tools_bundle_reads_off_the_model(
+    bundle: Bundle, classifier: Classifier
+) -> None:
+    """Re-bundling the model with ``tools bundle`` (no --mean/--std) gives the same spec."""
+    spec, want = input_spec(classifier), bundle.manifest["input"]
+    assert set(spec) == set(want)
+    for key in ("shape", "dtype", "layout"):
+        assert spec[key] == want[key]
+    for key in ("mean", "std", "quantization"):
+        assert spec[key] == pytest.approx(want[key])
+
+
 def label_of(path: Path) -> str:
     return path.stem.split("-")[1]
 
 
-def test_samples_classified_with_device_math(bundle: Bundle) -> None:
+def test_samples_classified_by_the_daemon_classifier(
+    bundle: Bundle, classifier: Classifier
+) -> None:
     """The 20 held-out samples (never trained or validated on): 19 right when committed."""
-    pytest.importorskip("ai_edge_litert")
     assert len(SAMPLES) == 20
-    runner = TfliteRunner(bundle.model_bytes, spec_of(bundle))
-    preds = [bundle.labels[runner.predict(load_rgb(p))] for p in SAMPLES]
+    preds = [classifier.classify(load_rgb(p), top_k=1).label for p in SAMPLES]
     right = sum(pred == label_of(p) for pred, p in zip(preds, SAMPLES, strict=True))
     assert right >= 18, list(zip([p.name for p in SAMPLES], preds, strict=True))
-
-
-def test_edged_classifier_agrees_with_training_math(bundle: Bundle) -> None:
-    """tools.train evaluates through the same preprocessing as edged's Classifier."""
-    classifier_mod = pytest.importorskip("edged.model.classifier")
-    clf = classifier_mod.Classifier.from_bundle(bundle, threads=1)
-    runner = TfliteRunner(bundle.model_bytes, spec_of(bundle))
-    for path in SAMPLES:
-        rgb = load_rgb(path)
-        assert np.array_equal(clf.preprocess(rgb).reshape(-1), runner.input_tensor(rgb).reshape(-1))
-        pred = clf.classify(rgb, top_k=3)
-        assert pred.label == bundle.labels[runner.predict(rgb)], path.name

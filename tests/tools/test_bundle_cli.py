@@ -1,0 +1,171 @@
+"""``python -m tools bundle``: rebundle and sign the demo model (no TensorFlow needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edged.errors import BundleError
+from edged.model.bundle import GOLDEN, read_bundle
+from edged.model.classifier import Classifier
+from tools.bundle import main, make_bundle, replay_golden, synthetic_frame
+from tools.keygen import main as keygen
+
+pytest.importorskip("ai_edge_litert")
+
+REPO = Path(__file__).resolve().parents[2]
+DIGITS = read_bundle((REPO / "models" / "digits.edgb").read_bytes())
+
+
+@pytest.fixture
+def model_files(tmp_path: Path) -> tuple[Path, Path]:
+    model = tmp_path / "digits.tflite"
+    model.write_bytes(DIGITS.model_bytes)
+    labels = tmp_path / "labels.txt"
+    labels.write_text("\n".join(DIGITS.labels) + "\n")
+    return model, labels
+
+
+@pytest.fixture
+def key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> tuple[Path, str]:
+    assert keygen(["--out", str(tmp_path / "keys" / "test")]) == 0
+    kid = capsys.readouterr().out.strip()
+    return tmp_path / "keys" / "test", kid
+
+
+def args(model: Path, labels: Path, out: Path, *extra: str) -> list[str]:
+    return [str(model), "--labels", str(labels), "--name", "digits", "--out", str(out), *extra]
+
+
+def test_rebundle_signed(
+    tmp_path: Path,
+    model_files: tuple[Path, Path],
+    key: tuple[Path, str],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from edged.model.bundle import load_public_key
+
+    model, labels = model_files
+    key_base, kid = key
+    out = tmp_path / "out" / "digits.edgb"
+    argv = args(model, labels, out, "--version", "7", "--key", f"{key_base}.pem")
+    assert main(argv) == 0
+    assert f"signed by key {kid}" in capsys.readouterr().out
+    pub = load_public_key(Path(f"{key_base}.pub.pem"))
+    bundle = read_bundle(out.read_bytes(), trusted_keys=[pub], allow_unsigned=False)
+    assert bundle.key_id == kid and bundle.version == 7 and bundle.labels == DIGITS.labels
+    m = bundle.manifest
+    assert set(m["files"]) == {"model.tflite", "labels.txt", GOLDEN}
+    # The input spec read off the model equals the one training wrote.
+    assert m["input"]["shape"] == DIGITS.manifest["input"]["shape"]
+    assert m["input"]["dtype"] == "int8" and m["input"]["layout"] == "NHWC"
+    assert m["input"]["mean"] == [0.0] and m["input"]["std"] == [255.0]
+    assert m["input"]["quantization"] == pytest.approx(DIGITS.manifest["input"]["quantization"])
+    # The golden vector: a synthetic frame through the daemon's preprocessing.
+    golden = m["golden"]
+    assert golden["source"] == "synthetic:0" and golden["atol"] == pytest.approx(4 / 256)
+    clf = Classifier.from_bundle(bundle, threads=1)
+    assert bundle.members[GOLDEN] == clf.preprocess(synthetic_frame(32, 32)).tobytes()
+    np.testing.assert_allclose(replay_golden(bundle), golden["output"], atol=golden["atol"])
+    # A tampered golden output is caught.
+    m["golden"]["output"] = [1.0 - v for v in golden["output"]]
+    with pytest.raises(BundleError, match="golden"):
+        replay_golden(bundle)
+
+
+def test_explicit_normalisation_and_golden_image(
+    tmp_path: Path, model_files: tuple[Path, Path]
+) -> None:
+    model, labels = model_files
+    sample = REPO / "samples" / "digit-3-1.png"
+    out = tmp_path / "d.edgb"
+    argv = args(model, labels, out, "--version", "1", "--mean", "0", "--std", "255")
+    assert main([*argv, "--golden-image", str(sample)]) == 0
+    bundle = read_bundle(out.read_bytes())
+    assert bundle.key_id is None
+    assert bundle.manifest["golden"]["source"] == sample.name
+    assert bundle.labels[int(np.argmax(replay_golden(bundle)))] == "3"
+
+
+def test_version_must_go_up(
+    tmp_path: Path, model_files: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    model, labels = model_files
+    out = tmp_path / "d.edgb"
+    assert main(args(model, labels, out, "--version", "3")) == 0
+    capsys.readouterr()
+    assert main(args(model, labels, out, "--version", "3")) == 2
+    assert "--version 4" in capsys.readouterr().err
+    assert main(args(model, labels, out, "--version", "2", "--force")) == 0
+    assert read_bundle(out.read_bytes()).version == 2
+    assert main(args(model, labels, out, "--version", "4")) == 0
+
+
+def one_line_error(capsys: pytest.CaptureFixture[str]) -> str:
+    err = capsys.readouterr().err
+    assert err.startswith("bundle: ") and err.count("\n") == 1, err
+    return err
+
+
+def test_missing_labels_file(
+    tmp_path: Path, model_files: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    model, _ = model_files
+    out = tmp_path / "d.edgb"
+    assert main(args(model, tmp_path / "nope.txt", out, "--version", "1")) == 2
+    assert "nope.txt: no such label file" in one_line_error(capsys)
+    assert not out.exists()
+
+
+def test_label_count_must_match_outputs(
+    tmp_path: Path, model_files: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    model, labels = model_files
+    for count in (9, 11, 1):
+        labels.write_text("\n".join(f"l{i}" for i in range(count)) + "\n")
+        assert main(args(model, labels, tmp_path / "d.edgb", "--version", "1")) == 2
+        assert f"{count} labels but the model has 10 outputs" in one_line_error(capsys)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--mean", "0"], "--mean and --std go together"),
+        (["--mean", "0", "0", "--std", "1", "1"], "2 values but the model input has 1"),
+        (["--version", "0"], "positive"),
+        (["--key", "/nonexistent.pem"], "private key"),
+        (["--golden-image", "/nonexistent.png"], "cannot read image"),
+    ],
+)
+def test_bad_arguments_are_one_line_errors(
+    tmp_path: Path,
+    model_files: tuple[Path, Path],
+    capsys: pytest.CaptureFixture[str],
+    extra: list[str],
+    message: str,
+) -> None:
+    model, labels = model_files
+    version = [] if "--version" in extra else ["--version", "1"]
+    assert main(args(model, labels, tmp_path / "d.edgb", *version, *extra)) == 2
+    assert message in one_line_error(capsys)
+
+
+def test_not_a_model(
+    tmp_path: Path, model_files: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, labels = model_files
+    junk = tmp_path / "junk.tflite"
+    junk.write_bytes(b"not a flatbuffer at all")
+    assert main(args(junk, labels, tmp_path / "d.edgb", "--version", "1")) == 2
+    one_line_error(capsys)
+    assert main(args(tmp_path / "none.tflite", labels, tmp_path / "d.edgb", "--version", "1")) == 2
+    assert "cannot read model" in one_line_error(capsys)
+
+
+def test_make_bundle_checks_labels() -> None:
+    from tools.bundle import ToolError
+
+    with pytest.raises(ToolError, match="unique"):
+        make_bundle(DIGITS.model_bytes, ["a"] * 10, name="x", version=1)

@@ -1,0 +1,318 @@
+"""(Re)bundle and sign a TFLite model as an edged bundle (host only, no TensorFlow needed).
+
+    python -m tools bundle MODEL.tflite --labels labels.txt --name N --version V \\
+        [--key private.pem] [--mean M ... --std S ...] [--golden-image IMG] --out X.edgb
+
+Everything the manifest says about the input is read from the model itself, through the
+device's own code (:class:`edged.model.classifier.Classifier` on an unsigned probe bundle):
+shape, dtype, layout (guessed from the channel axis) and quantisation; the normalisation is
+``--mean``/``--std`` when given, else what the daemon would use (TFLite metadata, then the
+convention the input quantisation implies). The golden test vector is the input tensor the
+device makes of one frame (``--golden-image``, else a fixed synthetic picture), stored raw as
+``golden.bin``, and the dequantised output the model gives for it, with a tolerance of
+:data:`GOLDEN_ATOL_STEPS` output quantisation steps (:data:`FLOAT_GOLDEN_ATOL` for float
+outputs). The bundle is read back, its signature verified with the signing key's public half
+and its golden vector replayed before it is written.
+
+``tools.train`` builds its bundles with :func:`make_bundle` too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from edged.errors import BundleError, EdgedError
+from edged.model.bundle import (
+    GOLDEN,
+    Bundle,
+    build_bundle,
+    load_private_key,
+    read_bundle,
+)
+from edged.model.classifier import Classifier
+from edged.model.labels import read_labels
+from edged.model.runtime import load_interpreter
+
+GOLDEN_ATOL_STEPS = 4  # golden tolerance in output quantisation steps (kernels may differ by 1-2)
+FLOAT_GOLDEN_ATOL = 1e-3  # for a float output
+SYNTHETIC_GOLDEN = "synthetic:0"
+
+
+class ToolError(Exception):
+    """A one-line problem with the inputs: the CLIs print it and exit 2."""
+
+
+@dataclass(slots=True)
+class GoldenCandidate:
+    source: str  # where the frame came from (file name, "synthetic:<seed>")
+    rgb: np.ndarray  # H×W×3 uint8 frame, any size
+    label: str | None = None  # its true label, when known
+
+
+@dataclass(slots=True)
+class BuiltBundle:
+    data: bytes
+    bundle: Bundle
+    key_id: str | None
+
+
+def device_classifier(
+    model: bytes,
+    labels: Sequence[str] = (),
+    *,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    threads: int = 0,
+) -> Classifier:
+    """The classifier the daemon would build from a bundle of ``model`` (unsigned probe)."""
+    spec: dict[str, Any] = {}
+    if mean is not None and std is not None:
+        spec = {"mean": [float(v) for v in mean], "std": [float(v) for v in std]}
+    probe = build_bundle(name="probe", version=1, model=model, labels=list(labels), input_spec=spec)
+    return Classifier.from_bundle(read_bundle(probe), threads=threads)
+
+
+def input_spec(classifier: Classifier) -> dict[str, Any]:
+    """The manifest ``input`` spec of the model behind ``classifier``."""
+    spec = classifier.preprocessor.spec
+    norm = classifier.preprocessor.norm
+    return {
+        "shape": [int(d) for d in spec.shape],
+        "dtype": spec.dtype.name,
+        "layout": spec.layout,
+        "mean": [float(v) for v in norm.mean],
+        "std": [float(v) for v in norm.std],
+        "quantization": [float(spec.scale), int(spec.zero_point)],
+    }
+
+
+def output_atol(model: bytes) -> float:
+    """Golden tolerance: a few output quantisation steps, or a fixed one for float outputs."""
+    interpreter, _ = load_interpreter(model, threads=1)
+    out = interpreter.get_output_details()[0]
+    scale = float((out.get("quantization") or (0.0, 0))[0])
+    if scale > 0 and np.dtype(out["dtype"]).kind in "iu":
+        return round(GOLDEN_ATOL_STEPS * scale, 6)
+    return FLOAT_GOLDEN_ATOL
+
+
+def synthetic_frame(height: int, width: int, seed: int = 0) -> np.ndarray:
+    """A fixed, smooth, colourful test picture (gradients and blobs; no randomness per call)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    yy /= max(height - 1, 1)
+    xx /= max(width - 1, 1)
+    img = np.stack([xx, yy, 1.0 - (xx + yy) / 2], axis=-1) * 160.0 + 40.0
+    for _ in range(4):
+        cy, cx = rng.uniform(0.2, 0.8, size=2)
+        radius = rng.uniform(0.1, 0.3)
+        colour = rng.uniform(-90.0, 90.0, size=3)
+        blob = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * radius**2))
+        img += blob[..., None] * colour
+    return np.clip(np.rint(img), 0, 255).astype(np.uint8)
+
+
+def pick_golden(
+    classifier: Classifier, candidates: Sequence[GoldenCandidate]
+) -> tuple[np.ndarray, np.ndarray, GoldenCandidate]:
+    """The candidate the model is least sure of (lowest top score), so that the check covers
+    more than one saturated output: ``(input tensor, dequantised output, candidate)``."""
+    if not candidates:
+        raise ValueError("no golden candidates")
+    best: tuple[float, np.ndarray, np.ndarray, GoldenCandidate] | None = None
+    for cand in candidates:
+        tensor = classifier.preprocess(cand.rgb)
+        out = classifier.invoke_raw(tensor).reshape(-1)
+        top = float(np.max(out))
+        if best is None or top < best[0]:
+            best = (top, tensor, out, cand)
+    assert best is not None
+    return best[1], best[2], best[3]
+
+
+def make_bundle(
+    model: bytes,
+    labels: Sequence[str],
+    *,
+    name: str,
+    version: int,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    report: dict[str, Any] | None = None,
+    golden: Sequence[GoldenCandidate] = (),
+    signing_key: Ed25519PrivateKey | None = None,
+    created: datetime | None = None,
+) -> BuiltBundle:
+    """Bundle ``model`` with its input spec, labels, report headline and golden vector; sign
+    it when a key is given; read it back and replay the golden vector before returning."""
+    if (mean is None) != (std is None):
+        raise ToolError("--mean and --std go together")
+    if version < 1:
+        raise ToolError("--version must be a positive integer")
+    if not labels:
+        raise ToolError("no labels")
+    if len(set(labels)) != len(labels):
+        raise ToolError("labels are not unique")
+    try:
+        probe = device_classifier(model, mean=mean, std=std)
+    except EdgedError as err:
+        raise ToolError(str(err)) from None
+    if probe.info.num_classes != len(labels):
+        raise ToolError(f"{len(labels)} labels but the model has {probe.info.num_classes} outputs")
+    spec = input_spec(probe)
+    candidates = list(golden) or [
+        GoldenCandidate(SYNTHETIC_GOLDEN, synthetic_frame(probe.info.height, probe.info.width))
+    ]
+    tensor, output, cand = pick_golden(probe, candidates)
+    golden_manifest: dict[str, Any] = {
+        "member": GOLDEN,
+        "output": [round(float(v), 6) for v in output],
+        "atol": output_atol(model),
+        "source": cand.source,
+    }
+    if cand.label is not None:
+        golden_manifest["label"] = cand.label
+    extra: dict[str, Any] = {"golden": golden_manifest}
+    if report is not None:
+        extra["report"] = report
+    data = build_bundle(
+        name=name,
+        version=version,
+        model=model,
+        labels=list(labels),
+        input_spec=spec,
+        extra_members={GOLDEN: tensor.tobytes()},
+        extra_manifest=extra,
+        signing_key=signing_key,
+        created=created,
+    )
+    trusted = [signing_key.public_key()] if signing_key is not None else None
+    bundle = read_bundle(data, trusted_keys=trusted, allow_unsigned=signing_key is None)
+    replay_golden(bundle)
+    return BuiltBundle(data, bundle, bundle.key_id)
+
+
+def replay_golden(bundle: Bundle, classifier: Classifier | None = None) -> np.ndarray:
+    """Feed ``golden.bin`` through the bundle's model; raise :class:`BundleError` on a
+    mismatch beyond ``atol``. Returns the output."""
+    golden = bundle.manifest.get("golden")
+    if not golden:
+        raise BundleError("bundle has no golden vector")
+    clf = classifier or Classifier.from_bundle(bundle, threads=1)
+    spec = bundle.manifest["input"]
+    raw = bundle.members[golden["member"]]
+    tensor = np.frombuffer(raw, dtype=np.dtype(spec["dtype"])).reshape(spec["shape"])
+    got = clf.invoke_raw(tensor).reshape(-1)
+    want = np.asarray(golden["output"], dtype=np.float32)
+    if got.shape != want.shape or not np.allclose(got, want, rtol=0, atol=float(golden["atol"])):
+        worst = float(np.max(np.abs(got - want))) if got.shape == want.shape else float("inf")
+        raise BundleError(f"golden vector does not reproduce (max error {worst:.6f})")
+    return got
+
+
+def check_version(out: Path, name: str, version: int) -> None:
+    """Versions only go up: refuse to replace a bundle of the same name with a version that is
+    not newer (the daemon installs a name's bundles in version order)."""
+    if not out.is_file():
+        return
+    try:
+        old = read_bundle(out.read_bytes())
+    except BundleError:
+        return  # not a bundle (or a broken one): nothing to compare with
+    if old.name == name and version <= old.version:
+        raise ToolError(
+            f"{out} holds {name} version {old.version}; give --version {old.version + 1} "
+            "or more (or --force to replace it)"
+        )
+
+
+def write_bundle(out: Path, data: bytes) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_bytes(data)
+    tmp.replace(out)
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m tools bundle",
+        description="Bundle (and sign) an existing TFLite model as an edged bundle.",
+    )
+    parser.add_argument("model", type=Path, help="the .tflite model")
+    parser.add_argument("--labels", type=Path, required=True, help="label file, one per line")
+    parser.add_argument("--name", required=True, help="model name in the manifest")
+    parser.add_argument("--version", type=int, required=True, help="positive integer, monotonic")
+    parser.add_argument("--out", type=Path, required=True, help="bundle to write (.edgb)")
+    parser.add_argument("--key", type=Path, help="Ed25519 private key (PEM) to sign with")
+    parser.add_argument("--mean", type=float, nargs="+", help="per-channel mean (0-255 pixels)")
+    parser.add_argument("--std", type=float, nargs="+", help="per-channel std (0-255 pixels)")
+    parser.add_argument(
+        "--golden-image", type=Path, help="frame for the golden vector (default: synthetic)"
+    )
+    parser.add_argument(
+        "--force", action="store_true", help="replace --out even if it holds a newer version"
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        built = _run(args)
+    except (ToolError, EdgedError) as err:
+        print(f"bundle: {err}", file=sys.stderr)
+        return 2
+    m = built.bundle.manifest
+    signed = f"signed by key {built.key_id}" if built.key_id else "unsigned"
+    print(
+        f"wrote {args.out} ({len(built.data)} bytes, {signed}): {m['name']} version "
+        f"{m['version']}, input {m['input']['shape']} {m['input']['dtype']}, "
+        f"{len(m['labels'])} labels"
+    )
+    return 0
+
+
+def _run(args: argparse.Namespace) -> BuiltBundle:
+    try:
+        model = args.model.read_bytes()
+    except OSError as err:
+        raise ToolError(f"{args.model}: cannot read model ({err.strerror or err})") from None
+    if not args.labels.is_file():
+        raise ToolError(f"{args.labels}: no such label file")
+    labels = read_labels(args.labels)
+    golden: list[GoldenCandidate] = []
+    if args.golden_image is not None:
+        from tools.train.data import load_rgb
+
+        try:
+            golden.append(GoldenCandidate(args.golden_image.name, load_rgb(args.golden_image)))
+        except OSError as err:
+            raise ToolError(f"{args.golden_image}: cannot read image ({err})") from None
+    if not args.force:
+        check_version(args.out, args.name, args.version)
+    key = load_private_key(args.key) if args.key else None
+    built = make_bundle(
+        model,
+        labels,
+        name=args.name,
+        version=args.version,
+        mean=args.mean,
+        std=args.std,
+        golden=golden,
+        signing_key=key,
+    )
+    write_bundle(args.out, built.data)
+    return built
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
