@@ -11,13 +11,18 @@ $(VENV)/.installed: pyproject.toml
 	bash scripts/bootstrap.sh
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q -U pip
-	$(VENV)/bin/pip install -q -e '.[dev]'
+	$(VENV)/bin/pip install -q -e .
+	touch $@
+
+# The tests also need the dev tools and the host-side training extra (TensorFlow).
+$(VENV)/.installed-test: $(VENV)/.installed
+	$(VENV)/bin/pip install -q -e '.[dev,train]'
 	touch $@
 
 demo: setup
 	bash scripts/demo.sh
 
-test: setup
+test: $(VENV)/.installed-test
 	bash scripts/test.sh
 
 clean:
