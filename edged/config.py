@@ -13,7 +13,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from edged.errors import ConfigError
 
@@ -256,6 +263,63 @@ class UpdateConfig(_Section):
     )
 
 
+class HomeAssistantConfig(_Section):
+    """Home Assistant MQTT discovery; see ``edged.homeassistant``."""
+
+    enabled: bool = Field(
+        True,
+        description="Announce the device and its sensors to Home Assistant by MQTT discovery "
+        "(retained configs under <discovery_prefix>/sensor/<device_id>/).",
+    )
+    discovery_prefix: str = Field(
+        "homeassistant",
+        pattern=r"^[^#+\x00]+$",
+        description="Home Assistant's discovery prefix; its birth message is expected on "
+        "<discovery_prefix>/status.",
+    )
+
+
+class ControlConfig(_Section):
+    """Settings and commands over MQTT; see ``edged.control``."""
+
+    enabled: bool = Field(
+        True,
+        description="Accept settings and commands on <prefix>/<device_id>/set (answers on "
+        "<prefix>/<device_id>/set/result) and apply <state_dir>/overrides.json at start.",
+    )
+
+
+class StatsConfig(_Section):
+    """Runtime statistics; see ``edged.stats``."""
+
+    interval_s: float = Field(
+        60.0,
+        ge=0,
+        description="Publish retained stats on <prefix>/<device_id>/stats every this many "
+        "seconds (0 = off; at least 0.5 otherwise).",
+    )
+    prometheus_port: int = Field(
+        0,
+        ge=0,
+        lt=65536,
+        description="Serve Prometheus metrics on http://<prometheus_host>:<port>/metrics "
+        "(0 = off).",
+    )
+    prometheus_host: str = Field(
+        "127.0.0.1",
+        min_length=1,
+        description="Address the metrics endpoint binds to; it has no authentication, so "
+        "anything but 127.0.0.1 exposes it to the network.",
+    )
+
+    @field_validator("interval_s")
+    @classmethod
+    def _interval(cls, value: float) -> float:
+        if 0 < value < 0.5:
+            raise ValueError("must be 0 (off) or at least 0.5")
+        return value
+
+
 class Config(_Section):
     device_id: str = Field(
         ..., pattern=DEVICE_ID_PATTERN, description="Lower-case id; becomes part of every topic."
@@ -274,6 +338,16 @@ class Config(_Section):
     )
     update: UpdateConfig = Field(
         default_factory=lambda: UpdateConfig(), description="Over-the-air model updates."
+    )
+    homeassistant: HomeAssistantConfig = Field(
+        default_factory=lambda: HomeAssistantConfig(),
+        description="Home Assistant MQTT discovery.",
+    )
+    control: ControlConfig = Field(
+        default_factory=lambda: ControlConfig(), description="Settings and commands over MQTT."
+    )
+    stats: StatsConfig = Field(
+        default_factory=lambda: StatsConfig(), description="Runtime statistics."
     )
 
 

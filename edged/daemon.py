@@ -6,6 +6,7 @@ import logging
 import signal
 import threading
 import time
+from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
@@ -14,13 +15,16 @@ import numpy as np
 from edged import events
 from edged.capture import Capture, SourceHealth
 from edged.config import Config
+from edged.control import Control, Settings
+from edged.homeassistant import Discovery
 from edged.model.classifier import Classifier, Prediction
 from edged.policy import PublishPolicy
 from edged.publish.mqtt import Publisher
-from edged.publish.spool import open_outbox
+from edged.publish.spool import SqliteOutbox, open_outbox
 from edged.sdnotify import Notifier
 from edged.sources import open_source
 from edged.sources.base import Frame, FrameSource
+from edged.stats import Counters, Stats, cpu_temperature
 from edged.update.models import boot as boot_model
 from edged.update.monitor import ServiceMonitor
 from edged.update.updater import Updater
@@ -69,6 +73,29 @@ class Daemon:
         self.monitor: ServiceMonitor | None = (
             self.updater.initial_monitor() if self.updater is not None else None
         )
+        # Stats, Home Assistant discovery, settings over MQTT (edged.stats, edged.homeassistant,
+        # edged.control). A classifier passed in (edged bench) gets no discovery and no control.
+        self.stats = Stats(cfg.stats, cfg.device_id, self._counters, self._publish_stats)
+        self.ha = (
+            Discovery(
+                cfg.homeassistant,
+                self.publisher,
+                diagnostics=cfg.stats.interval_s > 0,
+                cpu_temperature=cpu_temperature() is not None,
+            )
+            if boot is not None
+            else None
+        )
+        self.paused = False  # frames are taken and dropped, not classified
+        self._seq_start = self.seqs.last
+        self.control = (
+            Control(cfg, self.publisher, apply=self._apply_settings, commands=self._commands())
+            if cfg.control.enabled and boot is not None
+            else None
+        )
+        if self.control is not None:  # <state_dir>/overrides.json over the config file
+            start = self.control.load()
+            cfg.publish, cfg.model, self.paused = start.publish, start.model, start.paused
         self.policy = PublishPolicy(cfg.publish)
         self.capture = Capture(
             self._make_source,
@@ -113,6 +140,7 @@ class Daemon:
         self.publisher.start()
         if self.updater is not None:
             self.updater.start()
+        self._start_extras()
         self.capture.start()
         self.notifier.ready(f"classifying with {info.name}")
         try:
@@ -122,6 +150,7 @@ class Daemon:
             self.capture.stop()
             if self.updater is not None:
                 self.updater.stop()
+            self.stats.stop()
             self.publisher.stop()
             log.info("stopped after %d frames (%d published)", self.processed, self.seq)
         return 0
@@ -142,8 +171,10 @@ class Daemon:
                 self.notifier.watchdog(now)
             frame = cap.get(POLL_S)
             self._take_new_model()
+            self._take_requests()
             if frame is not None:
-                self._process_watched(frame)
+                if not self.paused:  # paused: the frame is dropped unclassified
+                    self._process_watched(frame)
             elif cap.ended:
                 log.info("source ended")
                 return
@@ -152,6 +183,7 @@ class Daemon:
         cfg = self.cfg
         pred = self.classifier.classify(frame.image, cfg.model.top_k)
         self.processed += 1
+        self.stats.record(pred.preprocess_ms + pred.invoke_ms + pred.postprocess_ms)
         reason = self.policy.decide(pred.label, pred.score, time.monotonic())
         if reason is None:
             return pred
@@ -178,7 +210,12 @@ class Daemon:
     # -- model updates (edged.update) -------------------------------------------------------
 
     def _on_message(self, topic: str, payload: bytes) -> None:
-        if self.updater is not None:  # paho's thread: the updater only queues
+        # paho's thread: each of these only queues or flags
+        if self.control is not None and self.control.wants(topic):
+            self.control.on_message(topic, payload)
+        elif self.ha is not None and self.ha.wants(topic):
+            self.ha.on_message(topic, payload)
+        elif self.updater is not None:
             self.updater.on_message(topic, payload)
 
     def _take_new_model(self) -> None:
@@ -191,6 +228,8 @@ class Daemon:
         swap.complete(old, time.monotonic())
         info = self.classifier.info
         log.info("now classifying with %s v%s (%s)", info.name, info.version, info.sha256[:12])
+        if self.ha is not None and self.cfg.homeassistant.enabled and not self.ha.removed:
+            self.ha.announce(info)  # the device's model name changed
 
     def _process_watched(self, frame: Frame) -> None:
         """``process``; a new model that fails is reported for rollback instead of raising."""
@@ -208,6 +247,69 @@ class Daemon:
     def model_ref(self) -> dict[str, Any]:
         info = self.classifier.info
         return {"name": info.name, "version": info.version, "sha256": info.sha256}
+
+    # -- stats, Home Assistant, control (edged.stats, edged.homeassistant, edged.control) ------
+
+    def _start_extras(self) -> None:
+        if self.ha is not None:
+            self.ha.start(self.classifier.info)
+        if self.control is not None:
+            self.control.subscribe()
+        if self.paused:
+            log.info("paused (overrides.json): frames are not classified")
+            self.publisher.publish(self.topics.state, "paused", qos=1, retain=True)
+        self.stats.start()
+
+    def _take_requests(self) -> None:
+        """Between two frames: control messages, Home Assistant's birth message."""
+        if self.control is not None:
+            self.control.poll()
+        if self.ha is not None:
+            self.ha.poll(self.classifier.info)
+
+    def _apply_settings(self, settings: Settings) -> None:
+        cfg = self.cfg
+        if settings.publish != cfg.publish:
+            cfg.publish = settings.publish
+            self.policy.reconfigure(settings.publish)
+        cfg.model = settings.model
+        if settings.paused == self.paused:
+            return
+        self.paused = settings.paused
+        if self.paused:
+            log.info("paused: frames are not classified")
+            self.publisher.publish(self.topics.state, "paused", qos=1, retain=True)
+        else:  # start afresh: the next result is published as if just started
+            log.info("resumed")
+            self.policy = PublishPolicy(cfg.publish)
+            self._state = None
+
+    def _commands(self) -> dict[str, Callable[[], object]]:
+        commands: dict[str, Callable[[], object]] = {"stats": self.stats.publish_now}
+        ha = self.ha
+        if ha is not None:
+            commands["ha_remove"] = ha.remove
+            if self.cfg.homeassistant.enabled:
+                commands["ha_announce"] = lambda: ha.announce(self.classifier.info)
+        return commands
+
+    def _counters(self) -> Counters:
+        cap, outbox = self.capture, self.outbox
+        return Counters(
+            processed=self.processed,
+            predictions=self.seq - self._seq_start,
+            captured=cap.frames,
+            dropped=cap.dropped,
+            skipped=cap.skipped,
+            paused=self.paused,
+            model=self.model_ref(),
+            mqtt=self.publisher.stats,
+            connected=self.publisher.connected,
+            spool_depth=len(outbox) if isinstance(outbox, SqliteOutbox) else None,
+        )
+
+    def _publish_stats(self, payload: bytes) -> None:
+        self.publisher.publish(self.topics.stats, payload, qos=1, retain=True)
 
     def _publish_health(self, health: SourceHealth) -> None:
         payload = events.health_event(

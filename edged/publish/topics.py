@@ -50,6 +50,18 @@ class Topics:
     def update_command(self) -> str:  # inbound: signed JSON command (rollback)
         return f"{self.base}/update/command"
 
+    @property
+    def stats(self) -> str:  # retained JSON: runtime statistics (see edged.stats)
+        return f"{self.base}/stats"
+
+    @property
+    def control(self) -> str:  # inbound JSON: settings and commands (see edged.control)
+        return f"{self.base}/set"
+
+    @property
+    def control_result(self) -> str:  # outbound JSON: the answer to each control message
+        return f"{self.base}/set/result"
+
     def group_base(self, group: str) -> str:
         return f"{self.prefix}/group/{group}"
 

@@ -478,7 +478,7 @@ def test_corrupt_and_unreadable_images_are_skipped_and_counted(
     (frames / "15-dangling.png").symlink_to(tmp_path / "nowhere.png")  # neither
 
     sub = subscriber_factory(broker, f"edged/{DEVICE}/#", qos=1)
-    cfg = demo_config(tmp_path, broker, source={"path": str(frames), "fps": 50, "loop": False})
+    cfg = demo_config(tmp_path, broker, source={"path": str(frames), "fps": 10, "loop": False})
     daemon = LiveDaemon(write_config(tmp_path / "edged.toml", cfg))
     try:
         assert daemon.proc.wait(30) == 0, daemon.log()

@@ -1,0 +1,381 @@
+"""Runtime statistics: a retained JSON snapshot on ``<prefix>/<device_id>/stats`` every
+``[stats] interval_s`` seconds, and an optional Prometheus endpoint on localhost.
+
+Per frame the frame loop only appends the frame's classify time to a bounded buffer
+(:meth:`Stats.record`, a ``deque.append``). Everything else is read when a snapshot is taken,
+from a timer thread (or on request: the ``{"command": "stats"}`` control message): the daemon's
+counters through ``probe``, the publisher's counters, the process's resident memory
+(``/proc/self/statm``) and the CPU temperature (``/sys/class/thermal/thermal_zone0/temp``,
+``null`` where there is none). Each snapshot closes an *interval*: ``fps`` and the inference
+time percentiles cover the frames classified since the previous snapshot.
+
+The Prometheus endpoint (``[stats] prometheus_port``, off by default) is a stdlib
+``http.server`` thread serving ``GET /metrics`` in the text exposition format (version 0.0.4),
+bound to ``127.0.0.1`` unless ``prometheus_host`` says otherwise. Counters are read live at
+each scrape; the inference summary and ``edged_fps`` are those of the last closed interval.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from edged import events
+from edged.config import StatsConfig
+
+log = logging.getLogger("edged.stats")
+
+THERMAL_ZONE = Path("/sys/class/thermal/thermal_zone0/temp")
+SAMPLES_MAX = 4096  # classify times kept per interval (the newest, when frames are faster)
+IDLE_WINDOW_S = 60.0  # interval length when only the Prometheus endpoint is on
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+def cpu_temperature(path: Path = THERMAL_ZONE) -> float | None:
+    """Degrees Celsius from a thermal zone (millidegrees in the file), or None if unreadable."""
+    try:
+        return round(int(path.read_text().strip()) / 1000.0, 1)
+    except (OSError, ValueError):
+        return None
+
+
+def rss_bytes() -> int | None:
+    """Resident set size of this process now (Linux ``/proc``), or None."""
+    try:
+        with open("/proc/self/statm", encoding="ascii") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def percentile(ordered: list[float], q: float) -> float | None:
+    """Nearest-rank percentile ``q`` (0-100) of an ascending list; None when empty."""
+    if not ordered:
+        return None
+    rank = max(1, math.ceil(q / 100.0 * len(ordered)))
+    return ordered[min(rank, len(ordered)) - 1]
+
+
+@dataclass(frozen=True, slots=True)
+class Counters:
+    """What the daemon reports at each snapshot (totals since it started)."""
+
+    processed: int  # frames classified
+    predictions: int  # predictions published
+    captured: int  # frames the source delivered
+    dropped: int  # frames replaced by a newer one before they were classified
+    skipped: int  # unreadable inputs the source skipped
+    paused: bool
+    model: dict[str, Any]  # name, version, sha256
+    mqtt: dict[str, int]  # Publisher.stats
+    connected: bool
+    spool_depth: int | None  # messages held in the spool file's outbox; None: no spool
+
+
+@dataclass(slots=True)
+class Interval:
+    """One closed interval: rates and classify-time percentiles."""
+
+    seconds: float = 0.0
+    fps: float = 0.0
+    capture_fps: float = 0.0
+    p50_ms: float | None = None
+    p99_ms: float | None = None
+    max_ms: float | None = None
+    n: int = 0
+
+
+@dataclass(slots=True)
+class _Totals:
+    count: int = 0  # classify times observed (Prometheus summary _count)
+    sum_ms: float = 0.0
+    last: Interval = field(default_factory=Interval)
+
+
+class Stats:
+    """``record(ms)`` per frame (frame loop); ``snapshot()`` / ``publish_now()`` from any
+    thread; ``start()``/``stop()`` the timer and the HTTP endpoint."""
+
+    def __init__(
+        self,
+        cfg: StatsConfig,
+        device: str,
+        probe: Callable[[], Counters],
+        publish: Callable[[bytes], None],
+        *,
+        thermal_path: Path = THERMAL_ZONE,
+    ) -> None:
+        self.cfg = cfg
+        self.device = device
+        self._probe = probe
+        self._publish = publish
+        self.thermal_path = thermal_path
+        self._samples: deque[float] = deque(maxlen=SAMPLES_MAX)
+        self.record: Callable[[float], None] = self._samples.append  # the per-frame cost
+        self._lock = threading.Lock()  # the interval bookkeeping below
+        self.started = time.monotonic()
+        self._since = self.started
+        self._last: Counters | None = None
+        self._totals = _Totals()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._server: ThreadingHTTPServer | None = None
+        self._server_thread: threading.Thread | None = None
+
+    @property
+    def period_s(self) -> float:
+        return self.cfg.interval_s or IDLE_WINDOW_S
+
+    @property
+    def endpoint(self) -> tuple[str, int] | None:
+        """(host, port) the Prometheus endpoint listens on, or None."""
+        if self._server is None:
+            return None
+        host, port = self._server.server_address[:2]
+        return str(host), int(port)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self.cfg.prometheus_port:
+            self._serve(self.cfg.prometheus_host, self.cfg.prometheus_port)
+        if self.cfg.interval_s > 0 or self._server is not None:
+            self._thread = threading.Thread(target=self._run, name="edged-stats", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+        if self._thread is not None:
+            self._thread.join(1.0)
+
+    def _run(self) -> None:
+        due = time.monotonic() + self.period_s
+        while not self._stop.wait(max(0.0, due - time.monotonic())):
+            now = time.monotonic()
+            due = due + self.period_s if due + self.period_s > now else now + self.period_s
+            try:
+                if self.cfg.interval_s > 0:
+                    self.publish_now()
+                else:
+                    self.snapshot()  # only closes the interval (for the endpoint)
+            except Exception:  # a bug: keep the timer alive
+                log.exception("stats snapshot failed")
+
+    # -- snapshots ---------------------------------------------------------------------------
+
+    def _close_interval(self, c: Counters) -> Interval:
+        """Close the interval since the previous snapshot; ``_lock`` held."""
+        now = time.monotonic()
+        samples = [self._samples.popleft() for _ in range(len(self._samples))]
+        samples.sort()
+        seconds = max(now - self._since, 1e-9)
+        last = self._last
+        processed = c.processed - (last.processed if last is not None else 0)
+        captured = c.captured - (last.captured if last is not None else 0)
+        interval = Interval(
+            seconds=seconds,
+            fps=processed / seconds,
+            capture_fps=captured / seconds,
+            p50_ms=percentile(samples, 50),
+            p99_ms=percentile(samples, 99),
+            max_ms=samples[-1] if samples else None,
+            n=len(samples),
+        )
+        self._since, self._last = now, c
+        self._totals.count += len(samples)
+        self._totals.sum_ms += math.fsum(samples)
+        self._totals.last = interval
+        return interval
+
+    def snapshot(self) -> dict[str, Any]:
+        """Close the current interval and return the stats payload."""
+        c = self._probe()
+        with self._lock:
+            iv = self._close_interval(c)
+        mqtt = c.mqtt
+        return {
+            "schema": events.SCHEMA,
+            "device": self.device,
+            "ts": events.iso_utc(time.time()),
+            "uptime_s": round(time.monotonic() - self.started, 1),
+            "interval_s": round(iv.seconds, 3),
+            "paused": c.paused,
+            "fps": round(iv.fps, 2),
+            "inference_ms": {
+                "p50": _round(iv.p50_ms),
+                "p99": _round(iv.p99_ms),
+                "max": _round(iv.max_ms),
+                "n": iv.n,
+            },
+            "frames": {
+                "captured": c.captured,
+                "processed": c.processed,
+                "dropped": c.dropped,
+                "skipped": c.skipped,
+            },
+            "predictions": c.predictions,
+            "queue_depth": max(0, mqtt.get("queued", 0) - mqtt.get("inflight", 0)),
+            "spool_depth": c.spool_depth,
+            "mqtt": {
+                "connected": c.connected,
+                "published": mqtt.get("published", 0),
+                "failures": mqtt.get("failures", 0),
+                "dropped": mqtt.get("dropped", 0),
+                "inflight": mqtt.get("inflight", 0),
+                "reconnects": mqtt.get("reconnects", 0),
+            },
+            "rss_bytes": rss_bytes(),
+            "cpu_temp_c": cpu_temperature(self.thermal_path),
+            "model": c.model,
+        }
+
+    def publish_now(self) -> dict[str, Any]:
+        payload = self.snapshot()
+        self._publish(events.dumps(payload))
+        return payload
+
+    # -- Prometheus --------------------------------------------------------------------------
+
+    def metrics_text(self) -> str:
+        """The Prometheus text exposition of the current counters and the last interval."""
+        c = self._probe()
+        with self._lock:
+            totals = self._totals
+            iv, count, sum_ms = totals.last, totals.count, totals.sum_ms
+        mqtt = c.mqtt
+        queued = max(0, mqtt.get("queued", 0) - mqtt.get("inflight", 0))
+        labels = ",".join(f'{k}="{_label(c.model.get(k))}"' for k in ("name", "version", "sha256"))
+        families: list[tuple[str, str, str, list[tuple[str, float | None]]]] = [
+            ("uptime_seconds", "gauge", "Seconds since the daemon started.",
+             [("", time.monotonic() - self.started)]),
+            ("paused", "gauge", "1 while classification is paused.", [("", int(c.paused))]),
+            ("frames_captured_total", "counter", "Frames the source delivered.",
+             [("", c.captured)]),
+            ("frames_processed_total", "counter", "Frames classified.", [("", c.processed)]),
+            ("frames_dropped_total", "counter",
+             "Frames replaced by a newer one before they were classified.", [("", c.dropped)]),
+            ("frames_skipped_total", "counter", "Unreadable inputs skipped.",
+             [("", c.skipped)]),
+            ("predictions_published_total", "counter", "Prediction events published.",
+             [("", c.predictions)]),
+            ("fps", "gauge", "Frames classified per second over the last interval.",
+             [("", iv.fps)]),
+            ("inference_seconds", "summary",
+             "Time to classify one frame (preprocess, invoke, postprocess); quantiles over the "
+             "last interval.",
+             [('{quantile="0.5"}', _seconds(iv.p50_ms)),
+              ('{quantile="0.99"}', _seconds(iv.p99_ms)),
+              ("_sum", sum_ms / 1000.0), ("_count", count)]),
+            ("mqtt_connected", "gauge", "1 while connected to the broker.",
+             [("", int(c.connected))]),
+            ("mqtt_messages_published_total", "counter",
+             "Messages the broker acknowledged (QoS 0: sent).",
+             [("", mqtt.get("published", 0))]),
+            ("mqtt_publish_failures_total", "counter",
+             "Messages rejected by the broker or undeliverable.",
+             [("", mqtt.get("failures", 0))]),
+            ("mqtt_messages_dropped_total", "counter",
+             "Messages dropped because the outbox was full (oldest first).",
+             [("", mqtt.get("dropped", 0))]),
+            ("mqtt_reconnects_total", "counter", "Reconnections to the broker.",
+             [("", mqtt.get("reconnects", 0))]),
+            ("mqtt_queue_depth", "gauge", "Messages waiting to be sent.", [("", queued)]),
+            ("mqtt_inflight", "gauge", "Messages sent and not yet acknowledged.",
+             [("", mqtt.get("inflight", 0))]),
+        ]  # fmt: skip
+        if c.spool_depth is not None:
+            families.append(("spool_depth", "gauge", "Messages held in the on-disk outbox.",
+                             [("", c.spool_depth)]))  # fmt: skip
+        rss = rss_bytes()
+        if rss is not None:
+            families.append(("resident_memory_bytes", "gauge", "Resident memory of the daemon.",
+                             [("", rss)]))  # fmt: skip
+        temp = cpu_temperature(self.thermal_path)
+        if temp is not None:
+            families.append(("cpu_temperature_celsius", "gauge", "CPU temperature.", [("", temp)]))
+        families.append(("model_info", "gauge", "The model classifying frames (always 1).",
+                         [(f"{{{labels}}}", 1)]))  # fmt: skip
+        out: list[str] = []
+        for name, kind, doc, samples in families:
+            out += [f"# HELP edged_{name} {doc}", f"# TYPE edged_{name} {kind}"]
+            out += [f"edged_{name}{suffix} {_number(value)}" for suffix, value in samples]
+        return "\n".join(out) + "\n"
+
+    def _serve(self, host: str, port: int) -> None:
+        stats = self
+
+        class Handler(BaseHTTPRequestHandler):
+            timeout = 5  # seconds a client may take to send its request
+
+            def do_GET(self) -> None:
+                if self.path.split("?", 1)[0] != "/metrics":
+                    self.send_error(404, "only /metrics here")
+                    return
+                try:
+                    body = stats.metrics_text().encode("utf-8")
+                except Exception:
+                    log.exception("metrics failed")
+                    self.send_error(500)
+                    return
+                self.send_response(200)
+                self.send_header("Content-Type", CONTENT_TYPE)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass  # one line per scrape would flood the journal
+
+        try:
+            server = ThreadingHTTPServer((host, port), Handler)
+        except OSError as err:
+            log.error(
+                "metrics endpoint: cannot listen on %s:%d (%s); continuing without it",
+                host,
+                port,
+                err.strerror or err,
+            )
+            return
+        server.daemon_threads = True
+        self._server = server
+        self._server_thread = threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.2}, name="edged-metrics",
+            daemon=True,
+        )  # fmt: skip
+        self._server_thread.start()
+        log.info("metrics on http://%s:%d/metrics", *self.endpoint or (host, port))
+
+
+def _round(ms: float | None) -> float | None:
+    return None if ms is None else round(ms, 3)
+
+
+def _seconds(ms: float | None) -> float | None:
+    return None if ms is None else ms / 1000.0
+
+
+def _number(value: float | None) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "NaN"
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, int):
+        return str(value)
+    return repr(float(value))
+
+
+def _label(value: Any) -> str:
+    text = "" if value is None else str(value)
+    return text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
