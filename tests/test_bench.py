@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from edged.model.runtime import available_backends
 from tests.daemon import DEMO_MODEL, ROOT
 from tests.realdata import MODELS, requires_realdata
 
@@ -28,15 +29,17 @@ def _bench(model: Path, *args: str) -> dict:
 
 def test_report_has_every_figure() -> None:
     report = _bench(DEMO_MODEL, "--seconds", "0.5")
-    (row,) = report["results"]
-    assert row["threads"] == 1 and row["bare_fps"] > 0 and row["invoke_ms_p50"] > 0
-    for tag in ("model_size", "640x480"):
-        p = row[tag]
-        assert p["fps"] > 0 and 0 < p["ratio"] < 1.5
-        # Every published prediction reached the subscriber and was timed.
-        assert p["received"] > 10
-        assert 0 < p["latency_ms_p50"] <= p["latency_ms_p99"]
-        assert 0 <= p["outside_invoke_ms_p50"] <= p["outside_invoke_ms_p99"]
+    # One row per installed backend (and thread count: here 1).
+    assert [r["backend"] for r in report["results"]] == available_backends()
+    for row in report["results"]:
+        assert row["threads"] == 1 and row["bare_fps"] > 0 and row["invoke_ms_p50"] > 0
+        for tag in ("model_size", "640x480"):
+            p = row[tag]
+            assert p["fps"] > 0 and 0 < p["ratio"] < 1.5
+            # Every published prediction reached the subscriber and was timed.
+            assert p["received"] > 10
+            assert 0 < p["latency_ms_p50"] <= p["latency_ms_p99"]
+            assert 0 <= p["outside_invoke_ms_p50"] <= p["outside_invoke_ms_p99"]
     assert report["peak_rss_mib"] > 0 and report["idle_cpu_percent"] >= 0
 
 
@@ -44,6 +47,7 @@ def test_report_has_every_figure() -> None:
 @pytest.mark.realdata
 def test_pipeline_keeps_up_with_the_bare_interpreter() -> None:
     """CI guard: a generous floor, a ratio, so machine noise does not flake it."""
-    report = _bench(MODELS / "coral_mobilenet_v2_1.0_224_quant.tflite", "--seconds", "2")
+    model = MODELS / "coral_mobilenet_v2_1.0_224_quant.tflite"
+    report = _bench(model, "--seconds", "2", "--backend", "ai-edge-litert")
     ratio = report["results"][0]["model_size"]["ratio"]
     assert ratio >= 0.8, json.dumps(report["results"][0], indent=1)
