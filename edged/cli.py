@@ -73,15 +73,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         raise ConfigError(problems)
     src = cfg.source
     print(f"config: {path} OK (device_id={cfg.device_id}, source={src.type})")
-    clf = Classifier.load(
-        cfg.model.path,
-        labels=cfg.model.labels,
-        threads=cfg.model.threads,
-        backend=cfg.model.backend,
-        mean=cfg.model.mean,
-        std=cfg.model.std,
-        softmax=cfg.model.softmax,
-    )
+    clf = Classifier.from_config(cfg.model)
     i = clf.info
     print(
         f"model: {i.name} v{i.version} sha256={i.sha256[:12]} input={i.width}x{i.height}x"

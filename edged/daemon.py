@@ -47,15 +47,7 @@ class Daemon:
         boot = boot_model(cfg) if classifier is None else None
         if boot is not None:
             classifier = boot.classifier
-        self.classifier = classifier or Classifier.load(
-            cfg.model.path,
-            labels=cfg.model.labels,
-            threads=cfg.model.threads,
-            backend=cfg.model.backend,
-            mean=cfg.model.mean,
-            std=cfg.model.std,
-            softmax=cfg.model.softmax,
-        )
+        self.classifier = classifier or Classifier.from_config(cfg.model)
         self.notifier = notifier or Notifier()
         # <state_dir>/spool.sqlite3 (memory when off or unusable); seq continues across restarts.
         self.outbox, self.seqs = open_outbox(cfg)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.broker import Mosquitto, MosquittoNotInstalled, Subscriber, find_mosquitto
+from tests.daemon import DaemonProcess, write_config
 
 
 def _require_mosquitto() -> None:
@@ -55,3 +57,19 @@ def subscriber_factory() -> Iterator[Callable[..., Subscriber]]:
     yield make
     for s in made:
         s.close()
+
+
+@pytest.fixture
+def start_daemon(tmp_path: Path) -> Iterator[Callable[..., DaemonProcess]]:
+    """``start_daemon(cfg_dict, env=None)`` runs ``edged run`` as a real process on a config
+    written from ``cfg_dict`` (see tests.daemon.demo_config); all are killed at teardown."""
+    procs: list[DaemonProcess] = []
+
+    def start(cfg: dict[str, Any], env: dict[str, str] | None = None) -> DaemonProcess:
+        path = write_config(tmp_path / f"edged-{len(procs)}.toml", cfg)
+        procs.append(DaemonProcess(path, env))
+        return procs[-1]
+
+    yield start
+    for p in procs:
+        p.close()

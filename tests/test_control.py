@@ -18,7 +18,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from edged.config import ModelConfig, PublishConfig
 from edged.control import ControlError, Settings, validate, write_atomically
 from tests.broker import Mosquitto, Subscriber
-from tests.daemon import ROOT, DaemonProcess, demo_config, write_config
+from tests.daemon import ROOT, DaemonProcess, demo_config
 
 TOPIC = "edged/cam-1"
 PREDICTION = f"{TOPIC}/prediction"
@@ -59,19 +59,6 @@ class Operator:
     def close(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
-
-
-@pytest.fixture
-def start_daemon(tmp_path: Path) -> Iterator[Callable[..., DaemonProcess]]:
-    procs: list[DaemonProcess] = []
-
-    def start(cfg: dict[str, Any]) -> DaemonProcess:
-        procs.append(DaemonProcess(write_config(tmp_path / f"edged-{len(procs)}.toml", cfg)))
-        return procs[-1]
-
-    yield start
-    for p in procs:
-        p.close()
 
 
 @pytest.fixture

@@ -5,30 +5,14 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from tests.broker import Mosquitto, Subscriber
-from tests.daemon import SAMPLES, DaemonProcess, demo_config, write_config
+from tests.daemon import SAMPLES, demo_config
 
 TOPIC = "edged/cam-1"
-
-
-@pytest.fixture
-def start_daemon(tmp_path: Path) -> Iterator[Callable[..., DaemonProcess]]:
-    procs: list[DaemonProcess] = []
-
-    def start(cfg: dict[str, Any], env: dict[str, str] | None = None) -> DaemonProcess:
-        path = write_config(tmp_path / f"edged-{len(procs)}.toml", cfg)
-        procs.append(DaemonProcess(path, env))
-        return procs[-1]
-
-    yield start
-    for p in procs:
-        p.close()
 
 
 def _events(sub: Subscriber, n: int, timeout: float = 20) -> list[dict[str, Any]]:

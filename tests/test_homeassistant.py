@@ -6,19 +6,18 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
-import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edged.homeassistant import AVAILABILITY_TEMPLATE, OBJECT_IDS, entity_configs
 from edged.publish.topics import Topics
 from edged.stats import cpu_temperature
 from tests.broker import Mosquitto, Received, Subscriber
-from tests.daemon import DaemonProcess, demo_config, write_config
+from tests.daemon import DaemonProcess, demo_config
 
 TOPIC = "edged/cam-1"
 DISCOVERY = "homeassistant/sensor/cam-1"
@@ -81,19 +80,6 @@ def check_config(oid: str, cfg: dict[str, Any]) -> None:
     for key in ("state_topic", "json_attributes_topic"):
         if key in cfg:
             assert cfg[key].startswith(f"{TOPIC}/") and "+" not in cfg[key]
-
-
-@pytest.fixture
-def start_daemon(tmp_path: Path) -> Iterator[Callable[..., DaemonProcess]]:
-    procs: list[DaemonProcess] = []
-
-    def start(cfg: dict[str, Any]) -> DaemonProcess:
-        procs.append(DaemonProcess(write_config(tmp_path / f"edged-{len(procs)}.toml", cfg)))
-        return procs[-1]
-
-    yield start
-    for p in procs:
-        p.close()
 
 
 def _publish(broker: Mosquitto, topic: str, payload: str | bytes, retain: bool = False) -> None:

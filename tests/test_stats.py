@@ -10,7 +10,7 @@ import socket
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ from edged.config import StatsConfig, parse_config
 from edged.errors import ConfigError
 from edged.stats import SAMPLES_MAX, Counters, Stats, cpu_temperature, percentile, rss_bytes
 from tests.broker import Mosquitto, Subscriber, free_port
-from tests.daemon import ROOT, DaemonProcess, demo_config, write_config
+from tests.daemon import ROOT, DaemonProcess, demo_config
 
 TOPIC = "edged/cam-1"
 STATS_KEYS = {
@@ -67,19 +67,6 @@ def parse_exposition(text: str) -> dict[str, dict[str, Any]]:
             fam["samples"].append((m["name"], m["labels"] or "", float(m["value"])))
     assert all(f["type"] and f["samples"] for f in families.values())
     return families
-
-
-@pytest.fixture
-def start_daemon(tmp_path: Path) -> Iterator[Callable[..., DaemonProcess]]:
-    procs: list[DaemonProcess] = []
-
-    def start(cfg: dict[str, Any]) -> DaemonProcess:
-        procs.append(DaemonProcess(write_config(tmp_path / f"edged-{len(procs)}.toml", cfg)))
-        return procs[-1]
-
-    yield start
-    for p in procs:
-        p.close()
 
 
 def _listening(port: int) -> list[str]:

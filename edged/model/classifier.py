@@ -26,6 +26,7 @@ from typing import Any, Literal, cast
 
 import numpy as np
 
+from edged.config import ModelConfig
 from edged.errors import BundleError, ModelError
 from edged.model import bundle as bundle_mod
 from edged.model.bundle import Bundle
@@ -160,6 +161,19 @@ class Classifier:
         )  # fmt: skip
 
     # -- construction --------------------------------------------------------------------
+
+    @classmethod
+    def from_config(cls, cfg: ModelConfig) -> Classifier:
+        """The model a ``[model]`` config section names, with its labels and settings."""
+        return cls.load(
+            cfg.path,
+            labels=cfg.labels,
+            threads=cfg.threads,
+            backend=cfg.backend,
+            mean=cfg.mean,
+            std=cfg.std,
+            softmax=cfg.softmax,
+        )
 
     @classmethod
     def load(

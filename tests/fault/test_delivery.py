@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,7 @@ import pytest
 
 from edged.publish.spool import SEQ_BLOCK, SPOOL_NAME
 from tests.broker import Mosquitto, Received, Subscriber
-from tests.daemon import DaemonProcess, demo_config, write_config
+from tests.daemon import DaemonProcess, demo_config
 
 pytestmark = pytest.mark.fault
 
@@ -33,20 +33,6 @@ AVAILABILITY = f"{TOPIC}/availability"
 FPS = 10
 OUTAGE_S = 30.0
 RECONNECT_MAX_S = 2.0
-
-
-@pytest.fixture
-def start_daemon(tmp_path: Path) -> Iterator[Callable[[dict[str, Any]], DaemonProcess]]:
-    procs: list[DaemonProcess] = []
-
-    def start(cfg: dict[str, Any]) -> DaemonProcess:
-        path = write_config(tmp_path / f"edged-{len(procs)}.toml", cfg)
-        procs.append(DaemonProcess(path))
-        return procs[-1]
-
-    yield start
-    for p in procs:
-        p.close()
 
 
 def _config(tmp_path: Path, broker: Mosquitto) -> dict[str, Any]:
