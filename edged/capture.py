@@ -1,5 +1,7 @@
 """Capture frames in their own thread; keep only the newest; survive faults and hung reads.
 
+Each frame can be prepared (its model input computed) in this thread, before it is offered.
+
 A worker thread owns one source instance. A read that raises is a fault: the worker closes the
 source, waits (exponential backoff) and opens a fresh one. A read that does not return within
 ``read_timeout_s`` is a hang: the worker is abandoned (it exits if the read ever returns) and a
@@ -39,8 +41,14 @@ class Capture:
         retry_min_s: float,
         retry_max_s: float,
         on_health: Callable[[SourceHealth], None] | None = None,
+        prepare: Callable[[Frame], None] | None = None,
+        discard: Callable[[Frame], None] | None = None,
     ) -> None:
+        """``prepare(frame)`` runs in the capture thread on each frame before it is offered;
+        ``discard(frame)`` on each frame replaced by a newer one before it was taken."""
         self._make_source = make_source
+        self._prepare = prepare
+        self._discard = discard
         self._read_timeout = read_timeout_s
         self._retry_min, self._retry_max = retry_min_s, retry_max_s
         self._on_health = on_health
@@ -157,12 +165,16 @@ class Capture:
                 self._delay = self._retry_min
                 self._set_health(True, None)
                 self._report_skipped()
+                if self._prepare is not None:
+                    self._prepare(frame)
                 with self._cond:
-                    if self._frame is not None:
+                    replaced, self._frame = self._frame, frame
+                    if replaced is not None:
                         self.dropped += 1
-                    self._frame = frame
                     self.frames += 1
                     self._cond.notify_all()
+                if replaced is not None and self._discard is not None:
+                    self._discard(replaced)
         finally:
             if source is not None:
                 self._retire(source)

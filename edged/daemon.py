@@ -1,4 +1,7 @@
-"""The frame loop: capture thread → newest frame → classify → policy → asynchronous publish."""
+"""The daemon: capture thread → frame loop (inference) → post thread (policy, publish).
+
+The three stages overlap (edged.pipeline): the capture thread prepares the next frame's
+input tensor and the post thread publishes the previous result while ``invoke`` runs."""
 
 from __future__ import annotations
 
@@ -7,6 +10,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from types import FrameType
 from typing import Any
 
@@ -17,7 +21,8 @@ from edged.capture import Capture, SourceHealth
 from edged.config import Config
 from edged.control import Control, Settings
 from edged.homeassistant import Discovery
-from edged.model.classifier import Classifier, Prediction
+from edged.model.classifier import Classifier
+from edged.pipeline import PostStage, Preparer
 from edged.policy import PublishPolicy
 from edged.publish.mqtt import Publisher
 from edged.publish.spool import SqliteOutbox, open_outbox
@@ -32,6 +37,18 @@ from edged.update.updater import Updater
 log = logging.getLogger("edged")
 
 POLL_S = 0.2  # longest the loop sleeps without a frame (stop and hang checks)
+POST_DRAIN_S = 5.0  # at most this long to publish the results still queued when stopping
+
+
+@dataclass(slots=True)
+class Inferred:
+    """A frame's raw model output, from the frame loop to the post thread."""
+
+    frame: Frame
+    classifier: Classifier
+    monitor: ServiceMonitor | None
+    raw: np.ndarray
+    invoke_ms: float
 
 
 class Daemon:
@@ -89,12 +106,19 @@ class Daemon:
             start = self.control.load()
             cfg.publish, cfg.model, self.paused = start.publish, start.model, start.paused
         self.policy = PublishPolicy(cfg.publish)
+        self.preparer = Preparer(lambda: self.classifier)
+        self.preparer.active = not self.paused
+        self.post: PostStage[Inferred] = PostStage(self._finish, on_error=self._stop_soon)
+        # Held by the post thread per result, and by control while it changes settings.
+        self._settings_lock = threading.Lock()
         self.capture = Capture(
             self._make_source,
             read_timeout_s=cfg.source.read_timeout_s,
             retry_min_s=cfg.source.retry_min_s,
             retry_max_s=cfg.source.retry_max_s,
             on_health=self._publish_health,
+            prepare=self.preparer,
+            discard=self.preparer.release,
         )
         self._stop = threading.Event()
         self.seq = self.seqs.last
@@ -133,13 +157,18 @@ class Daemon:
         if self.updater is not None:
             self.updater.start()
         self._start_extras()
+        self.post.start()
         self.capture.start()
         self.notifier.ready(f"classifying with {info.name}")
         try:
             self._loop()
+            self.post.close(POST_DRAIN_S)  # the last results are published before stopping
+            if self.post.error is not None:
+                raise self.post.error
         finally:
             self.notifier.stopping()
             self.capture.stop()
+            self.post.close(0.5)
             if self.updater is not None:
                 self.updater.stop()
             self.stats.stop()
@@ -165,39 +194,85 @@ class Daemon:
             self._take_new_model()
             self._take_requests()
             if frame is not None:
-                if not self.paused:  # paused: the frame is dropped unclassified
-                    self._process_watched(frame)
+                if self.paused:  # paused: the frame is dropped unclassified
+                    self.preparer.release(frame)
+                else:
+                    self.infer(frame)
             elif cap.ended:
                 log.info("source ended")
                 return
 
-    def process(self, frame: Frame) -> Prediction:
-        cfg = self.cfg
-        pred = self.classifier.classify(frame.image, cfg.model.top_k)
+    def infer(self, frame: Frame) -> Inferred | None:
+        """Frame loop: run the model on one frame and queue the result for the post thread.
+        A new model that fails is reported for rollback instead of raising (None)."""
+        clf, monitor = self.classifier, self.monitor
+        try:
+            raw, invoke_ms = clf.infer(self.preparer.tensor_for(frame, clf))
+        except Exception as err:
+            self._failed(monitor, frame, err)
+            return None
+        finally:
+            self.preparer.release(frame)
         self.processed += 1
-        self.stats.record(pred.preprocess_ms + pred.invoke_ms + pred.postprocess_ms)
-        reason = self.policy.decide(pred.label, pred.score, time.monotonic())
-        if reason is None:
-            return pred
-        self.seq = self.seqs.next()
-        payload = events.prediction_event(
-            device=cfg.device_id,
-            seq=self.seq,
-            captured=frame.captured,
-            reason=reason,
-            label=pred.label,
-            score=pred.score,
-            top=pred.top,
-            model=self.model_ref(),
-            latency_ms=_latency(pred, frame),
-            frame=frame.name,
-        )
-        self.publisher.publish(self.topics.prediction, events.dumps(payload), qos=cfg.publish.qos)
-        if pred.label != self._state:
-            self._state = pred.label
-            self.publisher.publish(self.topics.state, pred.label, qos=1, retain=True)
-        log.debug("published seq=%d %s %.3f (%s)", self.seq, pred.label, pred.score, reason)
-        return pred
+        item = Inferred(frame, clf, monitor, raw, invoke_ms)
+        self.post.submit(item)
+        return item
+
+    def _finish(self, item: Inferred) -> None:
+        """Post thread: top-k, policy, publish; the new-model monitor's checks."""
+        frame, monitor = item.frame, item.monitor
+        with self._settings_lock:
+            if self.paused:  # inferred before the pause: not published after "paused"
+                return
+            cfg = self.cfg
+            t0 = time.perf_counter_ns()
+            try:
+                top = item.classifier.postprocess(item.raw, cfg.model.top_k)
+            except Exception as err:
+                self._failed(monitor, frame, err)
+                return
+            post_ms = (time.perf_counter_ns() - t0) / 1e6
+            self.stats.record(frame.prepare_ms + item.invoke_ms + post_ms)
+            label, score = top[0]
+            reason = self.policy.decide(label, score, time.monotonic())
+            if reason is not None:
+                self.seq = self.seqs.next()
+                latency = {
+                    "preprocess": frame.prepare_ms,
+                    "invoke": item.invoke_ms,
+                    "postprocess": post_ms,
+                    "total": (time.monotonic() - frame.captured) * 1000.0,
+                }
+                payload = events.prediction_event(
+                    device=cfg.device_id,
+                    seq=self.seq,
+                    captured=frame.captured,
+                    reason=reason,
+                    label=label,
+                    score=score,
+                    top=top,
+                    model=_model_ref(item.classifier),
+                    latency_ms=latency,
+                    frame=frame.name,
+                )
+                self.publisher.publish(
+                    self.topics.prediction, events.dumps(payload), qos=cfg.publish.qos
+                )
+                if label != self._state:
+                    self._state = label
+                    self.publisher.publish(self.topics.state, label, qos=1, retain=True)
+                log.debug("published seq=%d %s %.3f (%s)", self.seq, label, score, reason)
+        if monitor is not None:
+            monitor.observe(top, frame.image)
+
+    @staticmethod
+    def _failed(monitor: ServiceMonitor | None, frame: Frame, err: Exception) -> None:
+        if monitor is None or not monitor.failure(f"{type(err).__name__}: {err}"):
+            raise err
+        log.error("frame %s lost: %s", frame.name or "", err)
+
+    def _stop_soon(self) -> None:
+        self._stop.set()
 
     # -- model updates (edged.update) -------------------------------------------------------
 
@@ -223,22 +298,8 @@ class Daemon:
         if self.ha is not None and self.cfg.homeassistant.enabled and not self.ha.removed:
             self.ha.announce(info)  # the device's model name changed
 
-    def _process_watched(self, frame: Frame) -> None:
-        """``process``; a new model that fails is reported for rollback instead of raising."""
-        monitor = self.monitor
-        try:
-            pred = self.process(frame)
-        except Exception as err:
-            if monitor is None or not monitor.failure(f"{type(err).__name__}: {err}"):
-                raise
-            log.error("frame %s lost: %s", frame.name or "", err)
-            return
-        if monitor is not None:
-            monitor.observe(pred.top, frame.image)
-
     def model_ref(self) -> dict[str, Any]:
-        info = self.classifier.info
-        return {"name": info.name, "version": info.version, "sha256": info.sha256}
+        return _model_ref(self.classifier)
 
     # -- stats, Home Assistant, control (edged.stats, edged.homeassistant, edged.control) ------
 
@@ -260,21 +321,23 @@ class Daemon:
             self.ha.poll(self.classifier.info)
 
     def _apply_settings(self, settings: Settings) -> None:
-        cfg = self.cfg
-        if settings.publish != cfg.publish:
-            cfg.publish = settings.publish
-            self.policy.reconfigure(settings.publish)
-        cfg.model = settings.model
-        if settings.paused == self.paused:
-            return
-        self.paused = settings.paused
-        if self.paused:
-            log.info("paused: frames are not classified")
-            self.publisher.publish(self.topics.state, "paused", qos=1, retain=True)
-        else:  # start afresh: the next result is published as if just started
-            log.info("resumed")
-            self.policy = PublishPolicy(cfg.publish)
-            self._state = None
+        with self._settings_lock:  # not while the post thread handles a result
+            cfg = self.cfg
+            if settings.publish != cfg.publish:
+                cfg.publish = settings.publish
+                self.policy.reconfigure(settings.publish)
+            cfg.model = settings.model
+            if settings.paused == self.paused:
+                return
+            self.paused = settings.paused
+            self.preparer.active = not self.paused
+            if self.paused:
+                log.info("paused: frames are not classified")
+                self.publisher.publish(self.topics.state, "paused", qos=1, retain=True)
+            else:  # start afresh: the next result is published as if just started
+                log.info("resumed")
+                self.policy = PublishPolicy(cfg.publish)
+                self._state = None
 
     def _commands(self) -> dict[str, Callable[[], object]]:
         commands: dict[str, Callable[[], object]] = {"stats": self.stats.publish_now}
@@ -314,11 +377,6 @@ class Daemon:
         self.publisher.publish(self.topics.health, events.dumps(payload), qos=1, retain=True)
 
 
-def _latency(pred: Prediction, frame: Frame) -> dict[str, float]:
-    total = (time.monotonic() - frame.captured) * 1000.0
-    return {
-        "preprocess": pred.preprocess_ms,
-        "invoke": pred.invoke_ms,
-        "postprocess": pred.postprocess_ms,
-        "total": total,
-    }
+def _model_ref(clf: Classifier) -> dict[str, Any]:
+    info = clf.info
+    return {"name": info.name, "version": info.version, "sha256": info.sha256}

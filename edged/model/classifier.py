@@ -33,12 +33,12 @@ from edged.model.bundle import Bundle
 from edged.model.labels import align_labels, parse_labels, read_labels
 from edged.model.preprocess import InputSpec, Normalization, Preprocessor, infer_normalization
 from edged.model.runtime import Interpreter, load_interpreter
+from edged.model.scores import needs_softmax, quantized_probabilities, top_indices
 from edged.model.tflite_metadata import ModelMetadata, read_metadata
 
 log = logging.getLogger(__name__)
 
 SoftmaxMode = Literal["auto", "yes", "no"]
-_PROB_TOLERANCE = 0.1  # |sum - 1| under which outputs already are probabilities
 _EMBEDDED = "labels embedded in the model"
 
 
@@ -64,30 +64,6 @@ class ModelInfo:
     dtype: str
     layout: str  # "NHWC" | "NCHW"
     num_classes: int
-
-
-def softmax(x: np.ndarray) -> np.ndarray:
-    e = np.exp(x - np.max(x))
-    out: np.ndarray = e / np.sum(e)
-    return out
-
-
-def needs_softmax(values: np.ndarray) -> bool:
-    """True when ``values`` are not already probabilities (outside [0, 1] or sum far from 1)."""
-    if values.size == 0:
-        return False
-    lo, hi = float(values.min()), float(values.max())
-    return lo < -1e-3 or hi > 1.0 + 1e-3 or abs(float(values.sum()) - 1.0) > _PROB_TOLERANCE
-
-
-def quantized_probabilities(dtype: np.dtype[Any], scale: float, zero_point: int) -> bool:
-    """True when a quantised output can only hold values in [0, 1]: a softmax (or sigmoid)
-    output. Their sum is no test: with 1000 classes rounding to 1/256 steps it is often 0.8."""
-    if dtype.kind not in "iu" or scale <= 0:
-        return False
-    info = np.iinfo(dtype)
-    lo, hi = scale * (int(info.min) - zero_point), scale * (int(info.max) - zero_point)
-    return lo >= -scale and hi <= 1.0 + scale
 
 
 class Classifier:
@@ -319,24 +295,43 @@ class Classifier:
         """The input tensor ``classify`` would feed for ``image`` (a copy)."""
         return self.preprocessor(image).copy()
 
+    def new_preprocessor(self) -> Preprocessor:
+        """Another preprocessor for this model's input, with its own buffers (for another
+        thread: ``preprocessor`` belongs to the thread that calls ``classify``)."""
+        pre = self.preprocessor
+        return Preprocessor(pre.spec, pre.norm)
+
     def classify(self, image: np.ndarray, top_k: int = 3) -> Prediction:
         """Classify one HxWx3 uint8 RGB frame (any size; HxW grayscale accepted too)."""
         t0 = time.perf_counter_ns()
         tensor = self.preprocessor(image)
-        self._interp.set_tensor(self._in_index, tensor)
-        t1 = time.perf_counter_ns()
-        self._interp.invoke()
+        preprocess_ms = (time.perf_counter_ns() - t0) / 1e6
+        raw, invoke_ms = self.infer(tensor)
         t2 = time.perf_counter_ns()
-        top = self._top(self._interp.get_tensor(self._out_index).reshape(-1), top_k)
-        t3 = time.perf_counter_ns()
+        top = self.postprocess(raw, top_k)
         return Prediction(
             label=top[0][0],
             score=top[0][1],
             top=top,
-            preprocess_ms=(t1 - t0) / 1e6,
-            invoke_ms=(t2 - t1) / 1e6,
-            postprocess_ms=(t3 - t2) / 1e6,
+            preprocess_ms=preprocess_ms,
+            invoke_ms=invoke_ms,
+            postprocess_ms=(time.perf_counter_ns() - t2) / 1e6,
         )
+
+    def infer(self, tensor: np.ndarray) -> tuple[np.ndarray, float]:
+        """``set_tensor`` + ``invoke`` + ``get_tensor`` on a preprocessed input: the raw
+        output (a copy, flattened) and the milliseconds ``invoke`` took."""
+        interp = self._interp
+        interp.set_tensor(self._in_index, tensor)
+        t0 = time.perf_counter_ns()
+        interp.invoke()
+        invoke_ms = (time.perf_counter_ns() - t0) / 1e6
+        return interp.get_tensor(self._out_index).reshape(-1), invoke_ms
+
+    def postprocess(self, raw: np.ndarray, top_k: int) -> list[tuple[str, float]]:
+        """The top ``top_k`` (label, score) of a raw output from :meth:`infer`, best first:
+        dequantised, softmax applied where needed. Not thread-safe (reuses one buffer)."""
+        return self._top(raw, top_k)
 
     def interpreter_handles(self) -> tuple[Interpreter, int, int]:
         """(interpreter, input index, output index), for the bare-interpreter benchmark."""
@@ -365,7 +360,7 @@ class Classifier:
         k = max(1, min(top_k, raw.size))
         if self._softmax == "no" and self._out_scale > 0 and raw.dtype.kind in "iu":
             # Dequantising is monotonic: rank the integers, dequantise only the top k.
-            idx = _top_indices(raw, k)
+            idx = top_indices(raw, k)
             scores = (raw[idx].astype(np.float32) - self._out_zp) * self._out_scale
             return [(self.labels[i], float(v)) for i, v in zip(idx, scores, strict=True)]
         values = self._scores
@@ -377,18 +372,8 @@ class Classifier:
             np.subtract(values, values.max(), out=values)
             np.exp(values, out=values)
             np.divide(values, values.sum(), out=values)
-        idx = _top_indices(values, k)
+        idx = top_indices(values, k)
         return [(self.labels[i], float(values[i])) for i in idx]
-
-
-def _top_indices(values: np.ndarray, k: int) -> np.ndarray:
-    """Indices of the k largest values, largest first (ties: lower index first)."""
-    if k < values.size:
-        idx = np.argpartition(values, values.size - k)[-k:]
-    else:
-        idx = np.arange(values.size)
-    order: np.ndarray = idx[np.argsort(-values[idx].astype(np.float64), kind="stable")]
-    return order
 
 
 def _load(model: bytes, threads: int, backend: str, where: str) -> tuple[Interpreter, str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import abc
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -18,6 +19,11 @@ class Frame:
     image: np.ndarray
     captured: float = field(default_factory=time.monotonic)  # time.monotonic() at capture
     name: str = ""  # e.g. the file name for the files source
+    # Set by the daemon's capture thread (edged.pipeline.Preparer): the model input tensor,
+    # what it was prepared with, and how long that took.
+    tensor: np.ndarray | None = None
+    prepared: Any = None
+    prepare_ms: float = 0.0
 
 
 class FrameSource(abc.ABC):

@@ -8,13 +8,14 @@ way. Caveat: a healthy quantized model looking at a static scene through a noisy
 give identical scores too; keep ``window`` comfortably above what the scene can produce, or
 0 to turn the output checks off.
 
-The monitor only decides; ``on_fail(reason)`` and ``on_pass()`` are called at most once each
+The frame loop reports failures, the post thread results. The monitor only decides; ``on_fail(reason)`` and ``on_pass()`` are called at most once each
 and must return at once (the updater queues the work for its own thread).
 """
 
 from __future__ import annotations
 
 import math
+import threading
 import zlib
 from collections.abc import Callable
 
@@ -48,13 +49,15 @@ class ServiceMonitor:
         self._last_fp: int | None = None
         self._same = 0
         self._nonfinite = 0
+        self._lock = threading.Lock()  # failure() from the frame loop and the post thread
         if self.passed:
             self._on_pass()
 
     def failure(self, reason: str) -> bool:
         """Inference raised; True when a rollback is (already) under way."""
-        if not self.failed:
-            self.failed = True
+        with self._lock:
+            first, self.failed = not self.failed, True
+        if first:
             self._on_fail(f"{self.description} failed in service: {reason}")
         return True
 

@@ -5,7 +5,6 @@ import pytest
 
 from edged.errors import ModelError
 from edged.model import preprocess
-from edged.model.classifier import needs_softmax, quantized_probabilities, softmax
 from edged.model.preprocess import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -16,6 +15,7 @@ from edged.model.preprocess import (
     infer_normalization,
     quant_range,
 )
+from edged.model.scores import needs_softmax, quantized_probabilities, softmax
 
 U8, I8, F32 = np.dtype(np.uint8), np.dtype(np.int8), np.dtype(np.float32)
 
