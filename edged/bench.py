@@ -21,6 +21,7 @@ import shutil
 import socket
 import statistics
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -115,25 +116,54 @@ class _BenchDaemon(Daemon):
 
 
 class _Subscriber:
+    """A real subscriber in its own process (as a user's would be, with its own GIL): it
+    records when each prediction arrives (``time.monotonic()``, the same clock system-wide)."""
+
     def __init__(self, host: str, port: int, topic: str) -> None:
         self.received: dict[int, float] = {}
-        self._ready = threading.Event()
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"bench-sub-{os.getpid()}")
-        self.client.on_connect = lambda c, *_: c.subscribe(topic, qos=1)
-        self.client.on_subscribe = lambda *_: self._ready.set()
-        self.client.on_message = self._on_message
-        self.client.connect(host, port)
-        self.client.loop_start()
-        if not self._ready.wait(5):
-            raise BrokerError(f"bench subscriber could not subscribe on {host}:{port}")
-
-    def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
-        now = time.monotonic()
-        self.received[int(json.loads(msg.payload)["seq"])] = now
+        self._proc = subprocess.Popen(
+            [sys.executable, "-c", "import sys, edged.bench as b; b.subscriber_main(sys.argv[1:])",
+             host, str(port), topic],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        assert self._proc.stdout is not None
+        if self._proc.stdout.readline().strip() != "subscribed":
+            self._proc.kill()
+            err = self._proc.communicate()[1].strip().splitlines()
+            raise BrokerError(
+                f"bench subscriber could not subscribe on {host}:{port}"
+                + (f": {err[-1]}" if err else "")
+            )
 
     def close(self) -> None:
-        self.client.loop_stop()
-        self.client.disconnect()
+        out, _ = self._proc.communicate("", timeout=10)  # stdin closed: it prints and exits
+        for line in out.splitlines():
+            seq, at = line.split()
+            self.received[int(seq)] = float(at)
+
+
+def subscriber_main(argv: list[str]) -> None:
+    """``_Subscriber``'s process: print "subscribed", then on end of stdin "seq time" lines."""
+    host, port, topic = argv[0], int(argv[1]), argv[2]
+    received: list[tuple[int, float]] = []
+    ready = threading.Event()
+
+    def on_message(_c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        received.append((int(json.loads(msg.payload)["seq"]), time.monotonic()))
+
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"bench-sub-{os.getpid()}")
+    client.on_connect = lambda c, *_: c.subscribe(topic, qos=1)
+    client.on_subscribe = lambda *_: ready.set()
+    client.on_message = on_message
+    client.connect(host, port)
+    client.loop_start()
+    if not ready.wait(5):
+        raise SystemExit("no SUBACK within 5 s")
+    print("subscribed", flush=True)
+    sys.stdin.read()
+    client.loop_stop()
+    client.disconnect()
+    print("\n".join(f"{seq} {at!r}" for seq, at in received))
 
 
 class PrivateBroker:

@@ -6,6 +6,7 @@ input tensor and the post thread publishes the previous result while ``invoke`` 
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 import time
@@ -106,9 +107,14 @@ class Daemon:
             start = self.control.load()
             cfg.publish, cfg.model, self.paused = start.publish, start.model, start.paused
         self.policy = PublishPolicy(cfg.publish)
+        # Overlap the stages only where a core is left beside the interpreter's threads: with
+        # every core in the interpreter, work beside it slows all of them (edged.pipeline).
+        self.overlap = _interpreter_threads(cfg) < _cores()
         self.preparer = Preparer(lambda: self.classifier)
         self.preparer.active = not self.paused
-        self.post: PostStage[Inferred] = PostStage(self._finish, on_error=self._stop_soon)
+        self.post: PostStage[Inferred] = PostStage(
+            self._finish, on_error=self._stop_soon, inline=not self.overlap
+        )
         # Held by the post thread per result, and by control while it changes settings.
         self._settings_lock = threading.Lock()
         self.capture = Capture(
@@ -375,6 +381,17 @@ class Daemon:
             skipped=self.capture.skipped,
         )
         self.publisher.publish(self.topics.health, events.dumps(payload), qos=1, retain=True)
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def _interpreter_threads(cfg: Config) -> int:
+    return cfg.model.threads if cfg.model.threads > 0 else (os.cpu_count() or 1)
 
 
 def _model_ref(clf: Classifier) -> dict[str, Any]:

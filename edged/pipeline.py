@@ -13,6 +13,11 @@ Python work costs 4-10x more when it runs on the interpreter's core right after 
 (caches refilled by the model) than on the other core, where it stays warm; done serially it
 cost ~10 % of the frame rate, overlapped it costs almost nothing. ``invoke`` releases the GIL,
 so the other stages run while it computes.
+
+When the interpreter's threads take every core, there is no core for the post stage to run
+on beside ``invoke``; work there then stalls the interpreter's threads (they wait for each
+other at every layer), so the daemon finishes results inline in the frame loop instead
+(``PostStage(inline=True)``) and only preparation stays in the capture thread.
 """
 
 from __future__ import annotations
@@ -97,12 +102,18 @@ class PostStage(Generic[T]):
 
     ``submit`` waits while ``depth`` items are queued (back-pressure, bounded memory). An
     exception from ``finish`` is kept in :attr:`error`, later items are dropped and
-    ``on_error`` is called: the frame loop stops and raises it.
+    ``on_error`` is called: the frame loop stops and raises it. ``inline=True``: no thread,
+    ``submit`` finishes the item itself (and raises what ``finish`` raises).
     """
 
     def __init__(
-        self, finish: Callable[[T], None], on_error: Callable[[], None], depth: int = 4
+        self,
+        finish: Callable[[T], None],
+        on_error: Callable[[], None],
+        depth: int = 4,
+        inline: bool = False,
     ) -> None:
+        self.inline = inline
         self._finish = finish
         self._on_error = on_error
         self._depth = depth
@@ -114,9 +125,13 @@ class PostStage(Generic[T]):
         self._thread = threading.Thread(target=self._run, name="edged-post", daemon=True)
 
     def start(self) -> None:
-        self._thread.start()
+        if not self.inline:
+            self._thread.start()
 
     def submit(self, item: T) -> None:
+        if self.inline:
+            self._finish(item)
+            return
         with self._cond:
             while len(self._items) >= self._depth and self.error is None and not self._closed:
                 self._cond.wait(0.2)
@@ -129,6 +144,8 @@ class PostStage(Generic[T]):
     def close(self, timeout: float) -> bool:
         """Finish what was submitted (within ``timeout`` s) and end the thread; True if all
         of it was finished."""
+        if self.inline:
+            return True
         deadline = time.monotonic() + timeout
         with self._cond:
             self._closed = True

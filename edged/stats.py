@@ -25,7 +25,6 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -128,7 +127,7 @@ class Stats:
         self._totals = _Totals()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._server: ThreadingHTTPServer | None = None
+        self._server: Any = None  # http.server.ThreadingHTTPServer while serving
         self._server_thread: threading.Thread | None = None
 
     @property
@@ -314,6 +313,8 @@ class Stats:
         return "\n".join(out) + "\n"
 
     def _serve(self, host: str, port: int) -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer  # only when enabled
+
         stats = self
 
         class Handler(BaseHTTPRequestHandler):

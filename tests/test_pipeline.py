@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from pathlib import Path
@@ -168,3 +169,32 @@ def test_daemon_raises_an_error_from_the_post_thread(
     assert (
         time.monotonic() - started < 5 and daemon.seq == 4
     )  # the warm-up inference was the first call
+
+
+def test_inline_post_stage_finishes_in_the_caller() -> None:
+    done: list[tuple[int, str]] = []
+    stage: PostStage[int] = PostStage(
+        lambda i: done.append((i, threading.current_thread().name)), lambda: None, inline=True
+    )
+    stage.start()
+    stage.submit(1)
+    assert done == [(1, threading.current_thread().name)] and stage.close(0.1)
+
+
+@pytest.mark.parametrize(("threads", "overlap"), [(1, True), (0, False)])
+def test_daemon_overlaps_only_with_a_core_to_spare(
+    broker: Mosquitto, clf: Classifier, threads: int, overlap: bool
+) -> None:
+    if os.cpu_count() == 1 and overlap:
+        pytest.skip("one core: nothing to overlap on")
+    cfg = Config(
+        device_id="cam-1",
+        source=FilesSource(path=str(SAMPLES)),
+        model=ModelConfig(path=DEMO_MODEL, threads=threads),
+        mqtt=MqttConfig(host=broker.host, port=broker.port),
+        publish=PublishConfig(spool=False),
+    )
+    daemon = Daemon(cfg, classifier=clf, notifier=Notifier({}))
+    assert daemon.overlap is overlap and daemon.post.inline is not overlap
+    assert daemon.preparer.active  # preparation overlaps either way
+    daemon.publisher.stop()

@@ -13,8 +13,9 @@ from PIL import Image
 
 from edged.config import FilesSource, Roi
 from edged.errors import SourceError
-from edged.sources import FilesFrameSource, open_source
+from edged.sources import open_source
 from edged.sources.base import Frame
+from edged.sources.files import FilesFrameSource
 
 
 def _png(path: Path, rgb: tuple[int, int, int], size: tuple[int, int] = (8, 6)) -> Path:

@@ -15,9 +15,9 @@ import pytest
 
 from edged.config import OpenCVSource, Roi
 from edged.errors import SourceError
-from edged.sources import OpenCVFrameSource, open_source
+from edged.sources import open_source
 from edged.sources.base import Frame
-from edged.sources.opencv import OPENCV_MISSING, classify_device
+from edged.sources.opencv import OPENCV_MISSING, OpenCVFrameSource, classify_device
 
 W, H, N = 64, 48, 10
 JPEG_TOL = 12
