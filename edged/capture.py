@@ -67,6 +67,7 @@ class Capture:
         self._skipped_done = 0
         self._skipped_reported = 0  # ``skipped`` as of the last on_health call
         self._source: FrameSource | None = None
+        self._prepare_warned = float("-inf")
 
     @property
     def skipped(self) -> int:
@@ -166,7 +167,10 @@ class Capture:
                 self._set_health(True, None)
                 self._report_skipped()
                 if self._prepare is not None:
-                    self._prepare(frame)
+                    try:
+                        self._prepare(frame)
+                    except Exception as err:  # never stall capture: the frame goes on as is
+                        self._warn_prepare(err)
                 with self._cond:
                     replaced, self._frame = self._frame, frame
                     if replaced is not None:
@@ -178,6 +182,12 @@ class Capture:
         finally:
             if source is not None:
                 self._retire(source)
+
+    def _warn_prepare(self, err: Exception) -> None:
+        now = time.monotonic()
+        if now - self._prepare_warned >= 60.0:  # at most one line a minute
+            self._prepare_warned = now
+            log.warning("preparing a frame failed: %s", _describe(err))
 
     def _retire(self, source: FrameSource) -> None:
         self._skipped_done += source.skipped

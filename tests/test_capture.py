@@ -99,3 +99,37 @@ def test_hang_marks_hung_since_until_a_read_returns(watchdog: bool) -> None:
     assert _drain(cap, 1) == 1
     assert cap.hung_since is None
     cap.stop()
+
+
+def test_frames_are_prepared_before_offered_and_replaced_ones_discarded(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    prepared: list[Frame] = []
+    discarded: list[Frame] = []
+
+    def prepare(frame: Frame) -> None:
+        if len(prepared) == 1:
+            prepared.append(frame)
+            raise RuntimeError("no buffer")  # a bug here must not stop capture
+        frame.name = "prepared"
+        prepared.append(frame)
+
+    release = threading.Event()
+    cap = Capture(
+        lambda: ScriptedSource(["f", "f", "f", "x"], release),
+        read_timeout_s=5,
+        retry_min_s=0.01,
+        retry_max_s=0.05,
+        prepare=prepare,
+        discard=discarded.append,
+    )
+    cap.start()
+    deadline = time.monotonic() + 5
+    while not cap.ended and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert cap.ended and len(prepared) == 3
+    last = cap.get(0.01)
+    assert last is prepared[2] and last.name == "prepared"
+    assert discarded == prepared[:2]  # replaced before being taken: handed back
+    assert caplog.text.count("preparing a frame failed: RuntimeError: no buffer") == 1
+    cap.stop()
