@@ -23,6 +23,7 @@ from edged.config import Config
 from edged.control import Control, Settings
 from edged.homeassistant import Discovery
 from edged.model.classifier import Classifier
+from edged.model.runtime import interpreter_threads
 from edged.pipeline import PostStage, Preparer
 from edged.policy import PublishPolicy
 from edged.publish.mqtt import Publisher
@@ -109,7 +110,7 @@ class Daemon:
         self.policy = PublishPolicy(cfg.publish)
         # Overlap the stages only where a core is left beside the interpreter's threads: with
         # every core in the interpreter, work beside it slows all of them (edged.pipeline).
-        self.overlap = _interpreter_threads(cfg) < _cores()
+        self.overlap = interpreter_threads(cfg.model.threads) < _cores()
         self.preparer = Preparer(lambda: self.classifier)
         self.preparer.active = not self.paused
         self.post: PostStage[Inferred] = PostStage(
@@ -388,10 +389,6 @@ def _cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         return os.cpu_count() or 1
-
-
-def _interpreter_threads(cfg: Config) -> int:
-    return cfg.model.threads if cfg.model.threads > 0 else (os.cpu_count() or 1)
 
 
 def _model_ref(clf: Classifier) -> dict[str, Any]:

@@ -107,6 +107,11 @@ def _resolve(backend: str) -> tuple[str, type[Any]]:
     )
 
 
+def interpreter_threads(threads: int) -> int:
+    """The thread count an interpreter gets for ``threads`` (0 = one per CPU core)."""
+    return threads if threads > 0 else (os.cpu_count() or 1)
+
+
 def load_interpreter(
     model: bytes, threads: int = 0, backend: str = "auto"
 ) -> tuple[Interpreter, str]:
@@ -118,7 +123,7 @@ def load_interpreter(
     if problem is not None:
         raise ModelError(problem)
     name, cls = _resolve(backend)
-    num_threads = threads if threads > 0 else (os.cpu_count() or 1)
+    num_threads = interpreter_threads(threads)
     with _captured_stderr() as noise:
         try:
             interpreter = cls(model_content=bytes(model), num_threads=num_threads)
