@@ -87,6 +87,7 @@ class _BenchDaemon(Daemon):
         self.outside_ms: list[float] = []  # frame loop, per frame, outside invoke
         self.overlapped_ms: list[float] = []  # prepare + post: off the frame loop
         self.captured: dict[int, float] = {}
+        self.invoked_ms: dict[int, float] = {}  # seq -> that frame's invoke time
         self._last_end: int | None = None  # the previous frame's end in the frame loop
 
     def _make_source(self) -> FrameSource:
@@ -113,6 +114,7 @@ class _BenchDaemon(Daemon):
         post_ms = (time.perf_counter_ns() - t0) / 1e6
         self.overlapped_ms.append(item.frame.prepare_ms + post_ms)
         self.captured[self.seq] = item.frame.captured
+        self.invoked_ms[self.seq] = item.invoke_ms
 
 
 class _Subscriber:
@@ -204,6 +206,21 @@ def _peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def _rss_parts_mib() -> dict[str, float]:
+    """The resident set now, split (Linux): anonymous memory (this process's own) and file
+    pages (shared libraries: how many of their pages are mapped depends on what the page cache
+    holds, so this part varies between runs of the same code by several MiB)."""
+    try:
+        with open("/proc/self/status") as f:
+            status = dict(line.split(":", 1) for line in f if ":" in line)
+        return {
+            key: int(status[field].split()[0]) / 1024.0
+            for key, field in (("anon", "RssAnon"), ("file", "RssFile"))
+        }
+    except (OSError, KeyError, ValueError):
+        return {"anon": float("nan"), "file": float("nan")}
+
+
 def _pct(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
@@ -280,11 +297,10 @@ def pipeline(
     runner.join(10)
     time.sleep(0.2)  # the last messages in flight
     sub.close()
-    lat = [
-        (sub.received[s] - daemon.captured[s]) * 1000.0
-        for s in daemon.captured
-        if s in sub.received and daemon.captured[s] >= started
-    ]
+    seqs = [s for s in daemon.captured if s in sub.received and daemon.captured[s] >= started]
+    lat = [(sub.received[s] - daemon.captured[s]) * 1000.0 for s in seqs]
+    # What edged adds to each frame's latency: all of it but that frame's own invoke.
+    added = [ms - daemon.invoked_ms[s] for ms, s in zip(lat, seqs, strict=True)]
     outside = daemon.outside_ms[skip:]
     overlapped = daemon.overlapped_ms[skip:]
     return {
@@ -297,6 +313,9 @@ def pipeline(
         "overlapped_ms_p50": _pct(overlapped, 0.5),
         "latency_ms_p50": _pct(lat, 0.5),
         "latency_ms_p99": _pct(lat, 0.99),
+        "latency_invoke_ms_p50": _pct([daemon.invoked_ms[s] for s in seqs], 0.5),
+        "latency_added_ms_p50": _pct(added, 0.5),
+        "latency_added_ms_p99": _pct(added, 0.99),
         "received": float(len(lat)),
         "dropped_frames": float(daemon.capture.dropped),
     }
@@ -324,6 +343,7 @@ def run(opts: BenchOptions) -> dict[str, Any]:
     host, port = ("127.0.0.1", broker.port) if broker else (opts.host or "", opts.port)
     results: list[dict[str, Any]] = []
     idle = rss_model_size = float("nan")
+    parts = {"anon": float("nan"), "file": float("nan")}
     try:
         for backend in backends:
             for n in threads:
@@ -339,14 +359,14 @@ def run(opts: BenchOptions) -> dict[str, Any]:
                     # inference rate, so frames never queue and the figure is edged's own.
                     p = pipeline(cfg, clf, image, None, opts)
                     slow = pipeline(cfg, clf, image, p["bare_fps"] / 2, opts)
-                    p["latency_ms_p50"] = slow["latency_ms_p50"]
-                    p["latency_ms_p99"] = slow["latency_ms_p99"]
+                    p.update({k: v for k, v in slow.items() if k.startswith("latency_")})
                     row[tag] = p
                     if tag == "model_size":
                         row["bare_fps"] = p["bare_fps"]
                         row["invoke_ms_p50"] = p["invoke_ms_p50"]
                     if tag == "model_size" and np.isnan(rss_model_size):
                         rss_model_size = _peak_rss_mib()  # before 640x480 frames load OpenCV
+                        parts = _rss_parts_mib()
                 results.append(row)
                 if np.isnan(idle):
                     idle = idle_cpu(cfg, clf, opts.idle_s)
@@ -358,6 +378,8 @@ def run(opts: BenchOptions) -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "results": results,
         "peak_rss_mib_model_size": rss_model_size,
+        "rss_anon_mib_model_size": parts["anon"],
+        "rss_file_mib_model_size": parts["file"],
         "peak_rss_mib": _peak_rss_mib(),
         "idle_cpu_percent": idle,
     }
@@ -367,7 +389,7 @@ def table(report: dict[str, Any]) -> str:
     head = (
         f"{'backend':<15}{'thr':>4}{'bare fps':>10}{'invoke':>8}"
         f"{'pipe fps':>10}{'ratio':>7}{'out p50':>9}{'out p99':>9}{'lat p50':>9}{'lat p99':>9}"
-        f"{'640x480':>9}{'ratio':>7}"
+        f"{'added':>7}{'640x480':>9}{'ratio':>7}"
     )
     lines = [head]
     for r in report["results"]:
@@ -376,10 +398,12 @@ def table(report: dict[str, Any]) -> str:
             f"{r['backend']:<15}{r['threads']:>4}{r['bare_fps']:>10.1f}{r['invoke_ms_p50']:>8.2f}"
             f"{m['fps']:>10.1f}{m['ratio']:>7.3f}{m['outside_invoke_ms_p50']:>9.3f}"
             f"{m['outside_invoke_ms_p99']:>9.3f}{m['latency_ms_p50']:>9.2f}{m['latency_ms_p99']:>9.2f}"
-            f"{v['fps']:>9.1f}{v['ratio']:>7.3f}"
+            f"{m['latency_added_ms_p50']:>7.2f}{v['fps']:>9.1f}{v['ratio']:>7.3f}"
         )
     lines.append(
-        f"peak RSS {report['peak_rss_mib_model_size']:.1f} MiB with model-size frames, "
+        f"peak RSS {report['peak_rss_mib_model_size']:.1f} MiB with model-size frames "
+        f"(now: {report['rss_anon_mib_model_size']:.1f} anonymous, "
+        f"{report['rss_file_mib_model_size']:.1f} shared-library pages), "
         f"{report['peak_rss_mib']:.1f} MiB after 640x480 ones (OpenCV); idle CPU {report['idle_cpu_percent']:.2f} % of a core"
     )
     return "\n".join(lines)

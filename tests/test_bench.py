@@ -39,8 +39,13 @@ def test_report_has_every_figure() -> None:
             # Every published prediction reached the subscriber and was timed.
             assert p["received"] > 10
             assert 0 < p["latency_ms_p50"] <= p["latency_ms_p99"]
+            # What edged adds: the latency less each frame's own invoke.
+            assert 0 < p["latency_added_ms_p50"] < p["latency_ms_p50"]
+            assert p["latency_invoke_ms_p50"] > 0
             assert 0 <= p["outside_invoke_ms_p50"] <= p["outside_invoke_ms_p99"]
     assert report["peak_rss_mib"] > 0 and report["idle_cpu_percent"] >= 0
+    anon, file = report["rss_anon_mib_model_size"], report["rss_file_mib_model_size"]
+    assert anon > 0 and file > 0 and anon + file <= report["peak_rss_mib_model_size"] + 1
 
 
 @requires_realdata

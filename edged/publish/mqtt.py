@@ -1,19 +1,22 @@
 """The daemon's MQTT client (paho-mqtt 2.x); ``check_broker`` lives in ``edged.publish.connect``.
 
 ``Publisher.publish`` never blocks the caller: it appends to a bounded outbox (see
-``edged.publish.outbox``) and returns. A sender thread hands messages to paho only while
-connected, keeps at most ``MAX_INFLIGHT`` unacknowledged, and removes a QoS 1/2 message from the
-outbox only when paho's ``on_publish`` fires for it. After a lost connection the unacknowledged
+``edged.publish.outbox``) and, while connected with room in the in-flight window, hands the
+message to paho itself (paho's network thread writes it); otherwise a sender thread hands
+messages over once they can go. At most ``MAX_INFLIGHT`` are unacknowledged; a QoS 1/2 message
+leaves the outbox only when paho's ``on_publish`` fires for it. After a lost connection the unacknowledged
 messages are sent again first, in order: QoS >= 1 messages are delivered at least once across
 broker restarts (duplicates possible). paho's own resend queue is emptied on every connect so
 that the outbox is the only source of truth. With a persistent outbox (``SqliteOutbox``, the
 daemon's default) that also holds across restarts; the publisher closes the outbox it was given
 when it stops.
 
-Threads: the caller(s) of ``publish``; paho's network thread (callbacks); the sender thread.
-``_cond`` guards all state and is never held while calling into paho. ``_send_lock`` serialises
-"hand a batch to paho" against ``on_connect`` (which resets paho's queue), so no batch straddles
-a reconnect; ``on_disconnect`` does not take it (paho may call it while holding its own locks)
+Threads: the caller(s) of ``publish``; paho's network thread (callbacks); the sender thread,
+woken (``_wake``) only when something waits to be sent that ``publish`` did not send: after a
+connect, when acks free the window, when ``publish`` found a hand-over in progress. ``_cond``
+guards all state and is never held while calling into paho. ``_send_lock`` serialises
+"hand a batch to paho" (by ``publish`` or the sender) against ``on_connect`` (which resets
+paho's queue), so no batch straddles a reconnect; ``on_disconnect`` does not take it (paho may call it while holding its own locks)
 and instead bumps ``_gen`` so an in-progress batch abandons itself.
 """
 
@@ -100,7 +103,9 @@ class Publisher:
         self._v5 = cfg.protocol == "5"
         self._warn = RateLimitedLog(log)
 
-        self._cond = threading.Condition()
+        lock = threading.RLock()
+        self._cond = threading.Condition(lock)
+        self._wake = threading.Condition(lock)  # the sender waits on this one
         self._send_lock = threading.Lock()
         self._connected = False
         self._connected_event = threading.Event()
@@ -189,7 +194,17 @@ class Publisher:
             # Also drops the outbox made on its own since (a spool enforces its bounds later).
             dropped = self._outbox.dropped
             new_drops, self._seen_dropped = dropped > self._seen_dropped, dropped
-            self._cond.notify_all()
+            direct = self._connected and not self._sender_exit
+        # Hand it to paho now, in this thread (one thread hop less per message); if a hand-over
+        # is in progress (sender, on_connect), the sender sends it after that one.
+        if direct and self._send_lock.acquire(blocking=False):
+            try:
+                self._send_batch()
+            finally:
+                self._send_lock.release()
+        else:
+            with self._cond:
+                self._wake.notify()
         if new_drops:
             self._warn.warning("outbox full: dropping the oldest messages")
 
@@ -233,7 +248,7 @@ class Publisher:
                     break
                 self._cond.wait(left)
             self._sender_exit = True
-            self._cond.notify_all()
+            self._wake.notify()
         if self._sender is not None:
             self._sender.join(max(0.1, deadline - time.monotonic()))
 
@@ -297,7 +312,7 @@ class Publisher:
             while True:
                 with self._cond:
                     while not self._sender_exit and not self._can_send():
-                        self._cond.wait(0.5)
+                        self._wake.wait(0.5)
                     if self._sender_exit:
                         return
                 with self._send_lock:
@@ -356,7 +371,10 @@ class Publisher:
         self._counts["failures" if failed else "published"] += 1
         if self._head[0] == seq or self._head[1] >= 2:
             self._head = (0, 0)
-        self._cond.notify_all()
+        if len(self._outbox) > len(self._inflight):  # some may wait for room in the window
+            self._wake.notify()
+        if self._stopped:  # stop() waits for the outbox to empty
+            self._cond.notify_all()
 
     # ------------------------------------------------------------------ paho callbacks
 
@@ -404,6 +422,7 @@ class Publisher:
                 self._connected = True
                 waiting = len(self._outbox)
                 self._cond.notify_all()
+                self._wake.notify()
             if subs:
                 client.subscribe(subs)
         self._connected_event.set()

@@ -188,6 +188,45 @@ def test_publish_order_and_qos(
     assert late.wait_for(on(pub.topics.state)).retain
 
 
+def test_connected_publish_hands_over_in_the_callers_thread(
+    broker: Mosquitto, make_publisher: Callable[..., Publisher], subscriber_factory: MakeSub
+) -> None:
+    """While connected with room in the window, publish() gives the message to paho itself
+    (no wait for the sender thread); publishers in several threads race for the hand-over,
+    and every message still arrives, each thread's in its order."""
+    pub = make_publisher(config(broker))
+    sub = subscriber_factory(broker, "edged/dev1/t/#")
+    assert pub.wait_connected(5)
+    client = pub._client
+    assert client is not None
+    real, callers = client.publish, []
+
+    def publish(*args: Any, **kwargs: Any) -> Any:
+        callers.append(threading.current_thread().name)
+        return real(*args, **kwargs)
+
+    client.publish = publish  # type: ignore[method-assign]
+    pub.publish("edged/dev1/t/main", "0")
+    assert pub.stats["inflight"] + pub.stats["published"] == 1  # handed over on return
+    assert callers == [threading.current_thread().name]
+
+    def burst(name: str) -> None:
+        for i in range(200):
+            pub.publish(f"edged/dev1/t/{name}", str(i))
+
+    threads = [threading.Thread(target=burst, args=(f"w{n}",), name=f"w{n}") for n in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    sub.wait_count(601)
+    for n in range(3):
+        assert numbers(sub, f"edged/dev1/t/w{n}") == list(range(200))
+    # A burst fills the window (mosquitto's Receive Maximum): the sender sends the rest as
+    # acks come back.
+    assert "edged-mqtt-send" in callers
+
+
 def test_publish_rejects_bad_arguments(
     broker: Mosquitto, make_publisher: Callable[..., Publisher]
 ) -> None:
