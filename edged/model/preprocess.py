@@ -185,7 +185,10 @@ def build_lut(spec: InputSpec, norm: Normalization) -> tuple[np.ndarray, int | N
 class Preprocessor:
     """Turns HxWx3 (or HxW) uint8 RGB frames into the model's input tensor.
 
-    Returns the same preallocated buffer every call (copy it to keep it). Not thread-safe.
+    Returns a buffer of its own, the same every call — or, when the frame already is the
+    tensor (uint8 RGB at the input size, an input that takes pixels as they are), a view of
+    the frame itself: no copy, ``set_tensor`` makes the only one. Copy the result to keep it.
+    Not thread-safe.
     """
 
     def __init__(self, spec: InputSpec, norm: Normalization) -> None:
@@ -198,6 +201,7 @@ class Preprocessor:
         self._nchw = spec.layout == "NCHW"
         self._planes = [image[i] for i in range(c)] if self._nchw else []
         self._hwc = image if not self._nchw else image.transpose(1, 2, 0)
+        self._as_is = self.identity_offset == 0 and not self._nchw and c == 3
         self._lut = [np.ascontiguousarray(lut[:, i]) for i in range(c)]  # one 256-table each
         self._lut_cv = np.ascontiguousarray(lut.reshape(1, 256, c))
         self._resized = np.zeros((h, w, 3), dtype=np.uint8)
@@ -211,6 +215,8 @@ class Preprocessor:
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
         src = self._fit(image)
+        if self._as_is and src.shape == self._hwc.shape and src.flags.c_contiguous:
+            return src.reshape(self.buffer.shape)
         cv2 = None if self.identity_offset is not None else opencv()
         if src.ndim == 2:  # one channel: HxW into the single plane
             self._map(src, self._planes[0] if self._nchw else self._hwc[:, :, 0], 0)
