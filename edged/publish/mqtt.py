@@ -1,6 +1,6 @@
 """The daemon's MQTT client (paho-mqtt 2.x); ``check_broker`` lives in ``edged.publish.connect``.
 
-``Publisher.publish`` never blocks the caller: it appends to a bounded outbox (see
+``Publisher.publish`` never waits for the network: it appends to a bounded outbox (see
 ``edged.publish.outbox``) and, while connected with room in the in-flight window, hands the
 message to paho itself (paho's network thread writes it); otherwise a sender thread hands
 messages over once they can go. At most ``MAX_INFLIGHT`` are unacknowledged; a QoS 1/2 message
@@ -197,12 +197,16 @@ class Publisher:
             direct = self._connected and not self._sender_exit
         # Hand it to paho now, in this thread (one thread hop less per message); if a hand-over
         # is in progress (sender, on_connect), the sender sends it after that one.
+        sent = False
         if direct and self._send_lock.acquire(blocking=False):
             try:
                 self._send_batch()
+                sent = True
+            except Exception as err:  # a bug or a broken socket pair: the sender retries
+                self._warn.warning(f"handing a message to the MQTT client failed: {err!r}")
             finally:
                 self._send_lock.release()
-        else:
+        if not sent:
             with self._cond:
                 self._wake.notify()
         if new_drops:
@@ -371,7 +375,10 @@ class Publisher:
         self._counts["failures" if failed else "published"] += 1
         if self._head[0] == seq or self._head[1] >= 2:
             self._head = (0, 0)
-        if len(self._outbox) > len(self._inflight):  # some may wait for room in the window
+        # Some may wait for room in the window (the outbox may also have dropped in-flight
+        # ones to make room, so its length alone does not tell).
+        window_was_full = len(self._inflight) + 1 >= self._inflight_limit()
+        if window_was_full or len(self._outbox) > len(self._inflight):
             self._wake.notify()
         if self._stopped:  # stop() waits for the outbox to empty
             self._cond.notify_all()

@@ -226,6 +226,31 @@ def test_connected_publish_hands_over_in_the_callers_thread(
     # acks come back.
     assert "edged-mqtt-send" in callers
 
+    # A hand-over that raises does not raise in the caller; the sender delivers the message.
+    fail = [True]
+
+    def flaky(*args: Any, **kwargs: Any) -> Any:
+        if fail and threading.current_thread().name == "main-thread-test":
+            fail.clear()
+            raise OSError("socket pair closed")
+        return publish(*args, **kwargs)
+
+    client.publish = flaky  # type: ignore[method-assign]
+    raised: list[BaseException] = []
+
+    def call() -> None:
+        try:
+            pub.publish("edged/dev1/t/late", "x")
+        except BaseException as err:
+            raised.append(err)
+
+    caller = threading.Thread(target=call, name="main-thread-test")
+    caller.start()
+    caller.join()
+    assert raised == []
+    assert not fail  # it did raise inside
+    assert sub.wait_for(on("edged/dev1/t/late", "x"))
+
 
 def test_publish_rejects_bad_arguments(
     broker: Mosquitto, make_publisher: Callable[..., Publisher]
