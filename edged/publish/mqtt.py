@@ -3,21 +3,22 @@
 ``Publisher.publish`` never waits for the network: it appends to a bounded outbox (see
 ``edged.publish.outbox``) and, while connected with room in the in-flight window, hands the
 message to paho itself (paho's network thread writes it); otherwise a sender thread hands
-messages over once they can go. At most ``MAX_INFLIGHT`` are unacknowledged; a QoS 1/2 message
-leaves the outbox only when paho's ``on_publish`` fires for it. After a lost connection the unacknowledged
-messages are sent again first, in order: QoS >= 1 messages are delivered at least once across
-broker restarts (duplicates possible). paho's own resend queue is emptied on every connect so
-that the outbox is the only source of truth. With a persistent outbox (``SqliteOutbox``, the
-daemon's default) that also holds across restarts; the publisher closes the outbox it was given
-when it stops.
+messages over once they can go. At most ``MAX_INFLIGHT`` are unacknowledged; a QoS 1/2
+message leaves the outbox only when paho's ``on_publish`` fires for it. After a lost
+connection the unacknowledged messages are sent again first, in order: QoS >= 1 messages are
+delivered at least once across broker restarts (duplicates possible). paho's own resend queue
+is emptied on every connect so that the outbox is the only source of truth. With a persistent
+outbox (``SqliteOutbox``, the daemon's default) that also holds across restarts; the
+publisher closes the outbox it was given when it stops.
 
 Threads: the caller(s) of ``publish``; paho's network thread (callbacks); the sender thread,
 woken (``_wake``) only when something waits to be sent that ``publish`` did not send: after a
 connect, when acks free the window, when ``publish`` found a hand-over in progress. ``_cond``
 guards all state and is never held while calling into paho. ``_send_lock`` serialises
 "hand a batch to paho" (by ``publish`` or the sender) against ``on_connect`` (which resets
-paho's queue), so no batch straddles a reconnect; ``on_disconnect`` does not take it (paho may call it while holding its own locks)
-and instead bumps ``_gen`` so an in-progress batch abandons itself.
+paho's queue), so no batch straddles a reconnect; ``on_disconnect`` does not take it (paho
+may call it while holding its own locks) and instead bumps ``_gen`` so an in-progress batch
+abandons itself.
 """
 
 from __future__ import annotations
