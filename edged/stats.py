@@ -1,5 +1,6 @@
 """Runtime statistics: a retained JSON snapshot on ``<prefix>/<device_id>/stats`` every
-``[stats] interval_s`` seconds, and an optional Prometheus endpoint on localhost.
+``[stats] interval_s`` seconds (the first ``FIRST_SNAPSHOT_S`` after start), and an optional
+Prometheus endpoint on localhost.
 
 Per frame the frame loop only appends the frame's classify time to a bounded buffer
 (:meth:`Stats.record`, a ``deque.append``). Everything else is read when a snapshot is taken,
@@ -36,6 +37,7 @@ log = logging.getLogger("edged.stats")
 THERMAL_ZONE = Path("/sys/class/thermal/thermal_zone0/temp")
 SAMPLES_MAX = 4096  # classify times kept per interval (the newest, when frames are faster)
 IDLE_WINDOW_S = 60.0  # interval length when only the Prometheus endpoint is on
+FIRST_SNAPSHOT_S = 5.0  # the first snapshot comes this soon after start (or one period, if shorter)
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
@@ -160,7 +162,9 @@ class Stats:
             self._thread.join(1.0)
 
     def _run(self) -> None:
-        due = time.monotonic() + self.period_s
+        # The first snapshot soon after start, not one period later: a subscriber (Home
+        # Assistant's diagnostic sensors) has this run's figures within seconds.
+        due = time.monotonic() + min(FIRST_SNAPSHOT_S, self.period_s)
         while not self._stop.wait(max(0.0, due - time.monotonic())):
             now = time.monotonic()
             due = due + self.period_s if due + self.period_s > now else now + self.period_s

@@ -18,7 +18,15 @@ import pytest
 
 from edged.config import StatsConfig, parse_config
 from edged.errors import ConfigError
-from edged.stats import SAMPLES_MAX, Counters, Stats, cpu_temperature, percentile, rss_bytes
+from edged.stats import (
+    FIRST_SNAPSHOT_S,
+    SAMPLES_MAX,
+    Counters,
+    Stats,
+    cpu_temperature,
+    percentile,
+    rss_bytes,
+)
 from tests.broker import Mosquitto, Subscriber, free_port
 from tests.daemon import ROOT, DaemonProcess, demo_config
 
@@ -156,6 +164,26 @@ def test_stats_are_published_retained_with_sane_numbers_and_served_to_prometheus
     assert rc == 0 and took < 2.0, (rc, took)
     with pytest.raises(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
         pass  # closed with the daemon
+
+
+def test_the_first_snapshot_comes_soon_after_start(
+    tmp_path: Path,
+    broker: Mosquitto,
+    subscriber_factory: Callable[..., Subscriber],
+    start_daemon: Callable[..., DaemonProcess],
+) -> None:
+    """With the default 60 s interval, the first snapshot still comes FIRST_SNAPSHOT_S after
+    start, with this run's frames in it, and the next one a whole interval later."""
+    sub = subscriber_factory(broker, f"{TOPIC}/stats")
+    cfg = demo_config(tmp_path, broker, source={"loop": True, "fps": 10}, stats={"interval_s": 60})
+    d = start_daemon(cfg)
+    (msg,) = sub.wait_count(1, 15)
+    first = json.loads(msg.payload)
+    assert FIRST_SNAPSHOT_S - 0.5 < first["uptime_s"] < FIRST_SNAPSHOT_S + 3, first
+    assert first["frames"]["processed"] >= 10 and 3 <= first["fps"] <= 12, first
+    time.sleep(2)
+    assert len(sub.messages) == 1  # no second snapshot before the interval is up
+    assert d.terminate()[0] == 0
 
 
 def test_stats_interval_0_publishes_nothing_until_asked(
