@@ -27,7 +27,8 @@ from edged.model.runtime import interpreter_threads
 from edged.pipeline import PostStage, Preparer
 from edged.policy import PublishPolicy
 from edged.publish.mqtt import Publisher
-from edged.publish.spool import SqliteOutbox, open_outbox
+from edged.publish.seq import open_outbox
+from edged.publish.spool import SqliteOutbox
 from edged.sdnotify import Notifier
 from edged.sources import open_source
 from edged.sources.base import Frame, FrameSource

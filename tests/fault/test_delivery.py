@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from edged.publish.spool import SEQ_BLOCK, SPOOL_NAME
+from edged.publish.spool_file import SEQ_BLOCK, SPOOL_NAME
 from tests.broker import Mosquitto, Received, Subscriber
 from tests.daemon import DaemonProcess, demo_config
 

@@ -18,15 +18,9 @@ import pytest
 from edged.config import MqttConfig, parse_config
 from edged.publish.mqtt import Publisher
 from edged.publish.outbox import MemoryOutbox
-from edged.publish.spool import (
-    LOCK_NAME,
-    SEQ_BLOCK,
-    SPOOL_NAME,
-    SeqCounter,
-    SpoolError,
-    SqliteOutbox,
-    open_outbox,
-)
+from edged.publish.seq import SeqCounter, open_outbox
+from edged.publish.spool import SqliteOutbox
+from edged.publish.spool_file import LOCK_NAME, SEQ_BLOCK, SPOOL_NAME, SpoolError
 from tests.broker import Mosquitto, Subscriber
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -222,7 +216,8 @@ def test_seq_without_a_spool_starts_at_1() -> None:
 CHILD = """
 import sys, time
 from pathlib import Path
-from edged.publish.spool import SeqCounter, SqliteOutbox
+from edged.publish.seq import SeqCounter
+from edged.publish.spool import SqliteOutbox
 
 box = SqliteOutbox(Path(sys.argv[1]))
 seqs = SeqCounter(box)
