@@ -8,6 +8,8 @@ Where each piece of knowledge comes from, highest priority first:
 * labels: explicit label file -> bundle labels -> labels embedded in the model -> ``class_<i>``
 * layout: bundle manifest ``input.layout`` -> guessed from the input shape (channel axis of 1 or 3)
 
+The helpers that draw these from settings, bundles and metadata are in :mod:`edged.model.loading`.
+
 ``softmax="auto"`` leaves a quantised output whose range is [0, 1] alone (it already holds
 probabilities) and otherwise applies softmax to each result that is not a probability vector
 (values outside [0, 1], or a sum more than 0.1 away from 1).
@@ -22,24 +24,22 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any
 
 import numpy as np
 
 from edged.config import ModelConfig
 from edged.errors import BundleError, ModelError
 from edged.model import bundle as bundle_mod
+from edged.model import loading
 from edged.model.bundle import Bundle
-from edged.model.labels import align_labels, parse_labels, read_labels
+from edged.model.labels import align_labels
 from edged.model.preprocess import InputSpec, Normalization, Preprocessor, infer_normalization
-from edged.model.runtime import Interpreter, load_interpreter
+from edged.model.runtime import Interpreter
 from edged.model.scores import needs_softmax, quantized_probabilities, top_indices
-from edged.model.tflite_metadata import ModelMetadata, read_metadata
+from edged.model.tflite_metadata import read_metadata
 
 log = logging.getLogger(__name__)
-
-SoftmaxMode = Literal["auto", "yes", "no"]
-_EMBEDDED = "labels embedded in the model"
 
 
 @dataclass(slots=True)
@@ -82,11 +82,11 @@ class Classifier:
         labels_source: str,
         norm: Normalization | None,
         layout: str | None = None,
-        softmax: SoftmaxMode = "auto",
+        softmax: loading.SoftmaxMode = "auto",
     ) -> None:
         """Use :meth:`load` or :meth:`from_bundle`; this wires an already loaded interpreter."""
         self._interp = interpreter
-        self._softmax = _softmax_mode(softmax)
+        self._softmax = loading.softmax_mode(softmax)
         inputs = interpreter.get_input_details()
         outputs = interpreter.get_output_details()
         if len(inputs) != 1:
@@ -186,11 +186,9 @@ class Classifier:
                 std=std,
                 softmax=softmax,
             )
-        interpreter, used = _load(data, threads, backend, where=str(path))
+        interpreter, used = loading.interpreter(data, threads, backend, where=str(path))
         meta = read_metadata(data)
-        label_list, source = _explicit_labels(labels)
-        if labels is None and meta.labels:
-            label_list, source = meta.labels, _EMBEDDED
+        label_list, source = loading.model_labels(labels, meta)
         return cls._wired(
             str(path),
             interpreter,
@@ -200,8 +198,8 @@ class Classifier:
             version=None,
             labels=label_list,
             labels_source=source,
-            norm=_explicit_norm(mean, std) or _metadata_norm(meta),
-            softmax=_softmax_mode(softmax),
+            norm=loading.explicit_norm(mean, std) or loading.metadata_norm(meta),
+            softmax=loading.softmax_mode(softmax),
         )
 
     @classmethod
@@ -220,17 +218,10 @@ class Classifier:
         manifest."""
         where = f"bundle {bundle.name} v{bundle.version}"
         model = bundle.model_bytes
-        interpreter, used = _load(model, threads, backend, where=where)
+        interpreter, used = loading.interpreter(model, threads, backend, where=where)
         spec: dict[str, Any] = bundle.manifest.get("input") or {}
-        label_list, source = _explicit_labels(labels)
-        if labels is None:
-            label_list = bundle.labels
-            if not label_list and bundle_mod.LABELS in bundle.members:
-                label_list = parse_labels(bundle.members[bundle_mod.LABELS].decode("utf-8"))
-            source = f"{where} labels"
-        norm = _explicit_norm(mean, std)
-        if norm is None and spec.get("mean") is not None and spec.get("std") is not None:
-            norm = Normalization(_floats(spec["mean"]), _floats(spec["std"]), "bundle")
+        label_list, source = loading.bundle_labels(bundle, labels, where)
+        norm = loading.bundle_norm(spec, mean, std)
         layout = spec.get("layout")
         clf = cls._wired(
             where,
@@ -241,11 +232,11 @@ class Classifier:
             version=bundle.version,
             labels=label_list,
             labels_source=source,
-            norm=norm or _metadata_norm(read_metadata(model)),
+            norm=norm or loading.metadata_norm(read_metadata(model)),
             layout=str(layout) if layout else None,
-            softmax=_softmax_mode(softmax),
+            softmax=loading.softmax_mode(softmax),
         )
-        clf._check_manifest(spec, where)
+        loading.check_manifest(spec, clf._in_shape, clf._in_dtype, where)
         return clf
 
     @classmethod
@@ -254,18 +245,6 @@ class Classifier:
             return cls(interpreter, **kwargs)
         except ModelError as err:
             raise ModelError(f"{where}: {err}") from None
-
-    def _check_manifest(self, spec: dict[str, Any], where: str) -> None:
-        shape = spec.get("shape")
-        if shape is not None and tuple(int(d) for d in shape) != self._in_shape:
-            raise ModelError(
-                f"{where}: manifest input shape {list(shape)} != model input {list(self._in_shape)}"
-            )
-        dtype = spec.get("dtype")
-        if dtype is not None and str(dtype) != self._in_dtype.name:
-            raise ModelError(
-                f"{where}: manifest input dtype {dtype} != model input {self._in_dtype}"
-            )
 
     def _batch_of_one(self, details: dict[str, Any]) -> dict[str, Any]:
         shape = [int(d) for d in details["shape"]]
@@ -277,7 +256,7 @@ class Classifier:
 
     @staticmethod
     def _align(labels: list[str], num_classes: int, source: str) -> list[str]:
-        if source == _EMBEDDED:
+        if source == loading.EMBEDDED:
             try:
                 return align_labels(labels, num_classes, source)
             except ModelError as err:
@@ -374,45 +353,3 @@ class Classifier:
             np.divide(values, values.sum(), out=values)
         idx = top_indices(values, k)
         return [(self.labels[i], float(values[i])) for i in idx]
-
-
-def _load(model: bytes, threads: int, backend: str, where: str) -> tuple[Interpreter, str]:
-    try:
-        return load_interpreter(model, threads=threads, backend=backend)
-    except ModelError as err:
-        raise ModelError(f"{where}: {err}") from None
-
-
-def _metadata_norm(meta: ModelMetadata) -> Normalization | None:
-    if meta.mean is None or meta.std is None:
-        return None
-    return Normalization(tuple(meta.mean), tuple(meta.std), "metadata")
-
-
-def _explicit_labels(path: Path | None) -> tuple[list[str], str]:
-    if path is None:
-        return [], "class numbers"
-    return read_labels(Path(path)), str(path)
-
-
-def _explicit_norm(mean: list[float] | None, std: list[float] | None) -> Normalization | None:
-    if mean is None and std is None:
-        return None
-    if mean is None or std is None:
-        raise ModelError("mean and std must be given together")
-    return Normalization(_floats(mean), _floats(std), "config")
-
-
-def _floats(values: Any) -> tuple[float, ...]:
-    if isinstance(values, int | float):
-        return (float(values),)
-    try:
-        return tuple(float(v) for v in values)
-    except (TypeError, ValueError):
-        raise ModelError(f"mean/std must be numbers, not {values!r}") from None
-
-
-def _softmax_mode(value: str) -> SoftmaxMode:
-    if value in ("auto", "yes", "no"):
-        return cast(SoftmaxMode, value)
-    raise ModelError(f"softmax must be auto, yes or no, not {value!r}")

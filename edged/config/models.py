@@ -1,31 +1,17 @@
-"""Configuration: one TOML file validated by pydantic, each key overridable from the environment.
+"""The configuration's sections: pydantic models, each field described.
 
-``EDGED_MQTT__HOST=broker`` overrides ``[mqtt] host``; a double underscore separates levels.
-Unknown keys are rejected everywhere (``extra="forbid"``).
+Unknown keys are rejected everywhere (``extra="forbid"``). Reading, environment overrides and
+error messages are in :mod:`edged.config.load`.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import tomllib
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
-
-from edged.errors import ConfigError
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 DEVICE_ID_PATTERN = r"^[a-z0-9][a-z0-9-]{0,31}$"
-ENV_PREFIX = "EDGED_"
 
 
 class _Section(BaseModel):
@@ -349,129 +335,3 @@ class Config(_Section):
     stats: StatsConfig = Field(
         default_factory=lambda: StatsConfig(), description="Runtime statistics."
     )
-
-
-# Union members pydantic names in an error's location (``source.device.int``): not keys.
-_UNION_TAGS = frozenset({"int", "str", "float", "bool"})
-
-
-def format_validation_error(err: ValidationError) -> list[str]:
-    problems: dict[str, list[str]] = {}
-    for e in err.errors():
-        loc = [str(p) for p in e["loc"]]
-        # Drop discriminator tags pydantic inserts (e.g. source.files.path -> source.path).
-        if len(loc) >= 2 and loc[0] == "source" and loc[1] in ("files", "opencv", "picamera2"):
-            loc = [loc[0], *loc[2:]]
-        if len(loc) >= 2 and loc[-1] in _UNION_TAGS:
-            loc = loc[:-1]  # one problem, one line: the members' messages are joined
-        path = ".".join(loc) or "(top level)"
-        msg = e["msg"].replace("Value error, ", "")
-        problems.setdefault(path, [])
-        if msg not in problems[path]:
-            problems[path].append(msg)
-    return [f"{path}: {'; or '.join(msgs)}" for path, msgs in problems.items()]
-
-
-def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
-    """``EDGED_A__B=v`` -> ``{"a": {"b": v}}``; JSON values (lists, numbers, true) are decoded."""
-    tree: dict[str, Any] = {}
-    for key, raw in environ.items():
-        if not key.startswith(ENV_PREFIX) or key == "EDGED_CONFIG":
-            continue
-        parts = [p.lower() for p in key[len(ENV_PREFIX) :].split("__")]
-        if not all(parts):
-            continue
-        value: Any = raw
-        if raw[:1] in "[{":
-            try:
-                value = json.loads(raw)
-            except json.JSONDecodeError:
-                value = raw
-        node = tree
-        for p in parts[:-1]:
-            child = node.setdefault(p, {})
-            if not isinstance(child, dict):
-                child = node[p] = {}
-            node = child
-        node[parts[-1]] = value
-    return tree
-
-
-def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for k, v in over.items():
-        if isinstance(v, Mapping) and isinstance(out.get(k), dict):
-            out[k] = _merge(out[k], v)
-        else:
-            out[k] = v
-    return out
-
-
-def parse_config(data: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> Config:
-    merged = _merge(dict(data), env_overrides(os.environ if environ is None else environ))
-    try:
-        return Config.model_validate(merged)
-    except ValidationError as err:
-        raise ConfigError(format_validation_error(err)) from None
-
-
-def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Config:
-    """Read, merge environment overrides, validate; relative paths resolve against the file."""
-    try:
-        with path.open("rb") as fh:
-            data = tomllib.load(fh)
-    except FileNotFoundError:
-        raise ConfigError([f"{path}: no such config file"]) from None
-    except OSError as err:
-        raise ConfigError([f"{path}: cannot read ({err.strerror})"]) from None
-    except tomllib.TOMLDecodeError as err:
-        raise ConfigError([f"{path}: invalid TOML ({err})"]) from None
-    except UnicodeDecodeError as err:
-        raise ConfigError([f"{path}: invalid TOML (not UTF-8 at byte {err.start})"]) from None
-    cfg = parse_config(data, environ)
-    return resolve_paths(cfg, path.resolve().parent)
-
-
-def resolve_paths(cfg: Config, base: Path) -> Config:
-    """Make relative file paths relative to the config file's directory."""
-
-    def fix(p: Path | None) -> Path | None:
-        return p if p is None or p.is_absolute() else base / p
-
-    cfg.model.path = fix(cfg.model.path) or cfg.model.path
-    cfg.model.labels = fix(cfg.model.labels) or cfg.model.labels
-    cfg.state_dir = fix(cfg.state_dir) or cfg.state_dir
-    cfg.update.trusted_keys = [fix(k) or k for k in cfg.update.trusted_keys]
-    if cfg.mqtt.password_file is not None:
-        cfg.mqtt.password_file = fix(cfg.mqtt.password_file)
-    if cfg.mqtt.tls is not None:
-        t = cfg.mqtt.tls
-        t.ca_file, t.cert_file, t.key_file = fix(t.ca_file), fix(t.cert_file), fix(t.key_file)
-    if isinstance(cfg.source, FilesSource) and not Path(cfg.source.path).is_absolute():
-        cfg.source.path = str(base / cfg.source.path)
-    return cfg
-
-
-def check_files(cfg: Config) -> list[str]:
-    """Problems with files the config names (missing or unreadable), as ``key: message`` lines."""
-    problems = []
-    candidates: list[tuple[str, Path | None]] = [
-        ("model.path", cfg.model.path),
-        ("model.labels", cfg.model.labels),
-        ("mqtt.password_file", cfg.mqtt.password_file),
-        *((f"update.trusted_keys[{i}]", k) for i, k in enumerate(cfg.update.trusted_keys)),
-    ]
-    if cfg.mqtt.tls is not None:
-        candidates += [
-            ("mqtt.tls.ca_file", cfg.mqtt.tls.ca_file),
-            ("mqtt.tls.cert_file", cfg.mqtt.tls.cert_file),
-            ("mqtt.tls.key_file", cfg.mqtt.tls.key_file),
-        ]
-    for key, p in candidates:
-        if p is None:
-            continue
-        if not p.is_file():
-            problems.append(f"{key}: no such file: {p}")
-        elif not os.access(p, os.R_OK):
-            problems.append(f"{key}: not readable: {p}")
-    return problems
