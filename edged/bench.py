@@ -15,13 +15,15 @@ then peak RSS and the CPU the daemon uses while it has no frames.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
 import statistics
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,10 +32,18 @@ import numpy as np
 from edged.bench_peers import PrivateBroker, Subscriber
 from edged.config import Config, FilesSource, ModelConfig, MqttConfig, PublishConfig
 from edged.daemon import Daemon, Inferred
+from edged.errors import EdgedError
 from edged.model.classifier import Classifier
 from edged.model.runtime import available_backends
+from edged.publish.spool import SqliteOutbox
 from edged.sdnotify import Notifier
 from edged.sources.base import Frame, FrameSource
+
+STOP_S = 10.0  # longest a daemon under test may take to stop
+
+
+class BenchError(EdgedError):
+    """The benchmark itself failed (one line)."""
 
 
 class MemorySource(FrameSource):
@@ -181,7 +191,7 @@ def _config(
     )
 
 
-def test_image(shape: tuple[int, int, int]) -> np.ndarray:
+def bench_image(shape: tuple[int, int, int]) -> np.ndarray:
     """A fixed, busy uint8 image (a hash of the pixel index; no numpy.random, whose import
     alone adds ~6.5 MiB to the resident set the bench reports)."""
     n = np.arange(int(np.prod(shape)), dtype=np.uint32)
@@ -199,14 +209,35 @@ def pipeline(
     with whatever else the machine does. With a camera rate, only latency is measured.
     """
     sub = Subscriber(cfg.mqtt.host, cfg.mqtt.port, f"{cfg.mqtt.topic_prefix}/bench/prediction")
-    daemon = _BenchDaemon(cfg, clf, MemorySource(image, fps))
-    runner = threading.Thread(target=daemon.run, name="bench-daemon")
-    runner.start()
+    try:
+        with _running(_BenchDaemon(cfg, clf, MemorySource(image, fps))) as daemon:
+            measured = _measure(daemon, clf, fps, opts)
+        time.sleep(0.2)  # the last messages in flight
+    finally:
+        sub.close()
+    return _figures(daemon, sub, measured)
+
+
+@dataclass
+class _Slices:
+    """What ``_measure`` counted: frames and seconds of the bare and the pipeline slices."""
+
+    skip: int  # frames of the warm-up, left out of the per-frame figures
+    started: float  # time.monotonic() at the end of the warm-up
+    bare_n: float = 0.0
+    bare_t: float = 0.0
+    pipe_n: float = 0.0
+    pipe_t: float = 0.0
+    invoke_ms: list[float] = field(default_factory=list)  # median invoke of each bare slice
+
+
+def _measure(
+    daemon: _BenchDaemon, clf: Classifier, fps: float | None, opts: BenchOptions
+) -> _Slices:
+    """While the daemon runs: the throughput slices (``fps=None``), or just wait."""
     time.sleep(opts.warmup_s)
-    skip, started = len(daemon.outside_ms), time.monotonic()
+    m = _Slices(skip=len(daemon.outside_ms), started=time.monotonic())
     slice_s = 0.5
-    bare_n = bare_t = pipe_n = pipe_t = 0.0
-    invoke_ms: list[float] = []
     if fps is None:
         # Throughput: pair each pipeline slice with a bare one. A pipeline slice runs from the
         # release of the lock to the end of its last frame (counting whole frames in a fixed
@@ -218,17 +249,19 @@ def pipeline(
             with daemon.lock:
                 n, last = daemon.processed - n0, daemon.last_done
                 if n > 0:
-                    pipe_n, pipe_t = pipe_n + n, pipe_t + last - t0
+                    m.pipe_n, m.pipe_t = m.pipe_n + n, m.pipe_t + last - t0
                 nb, took, ms = bare_loop(clf, slice_s)
-                bare_n, bare_t = bare_n + nb, bare_t + took
-                invoke_ms.append(ms)
+                m.bare_n, m.bare_t = m.bare_n + nb, m.bare_t + took
+                m.invoke_ms.append(ms)
                 n0, t0 = daemon.processed, time.monotonic()
     else:
         time.sleep(opts.seconds)
-    daemon.request_stop()
-    runner.join(10)
-    time.sleep(0.2)  # the last messages in flight
-    sub.close()
+    return m
+
+
+def _figures(daemon: _BenchDaemon, sub: Subscriber, m: _Slices) -> dict[str, float]:
+    skip, started, invoke_ms = m.skip, m.started, m.invoke_ms
+    bare_n, bare_t, pipe_n, pipe_t = m.bare_n, m.bare_t, m.pipe_n, m.pipe_t
     seqs = [s for s in daemon.captured if s in sub.received and daemon.captured[s] >= started]
     lat = [(sub.received[s] - daemon.captured[s]) * 1000.0 for s in seqs]
     # What edged adds to each frame's latency: all of it but that frame's own invoke.
@@ -250,43 +283,58 @@ def pipeline(
         "latency_added_ms_p99": _pct(added, 0.99),
         "received": float(len(lat)),
         "dropped_frames": float(daemon.capture.dropped),
+        "spool": float(isinstance(daemon.outbox, SqliteOutbox)),  # 1: through the disk spool
     }
+
+
+@contextlib.contextmanager
+def _running(daemon: _BenchDaemon) -> Iterator[_BenchDaemon]:
+    """Run ``daemon`` in a thread; always stop it (BenchError if it does not stop)."""
+    runner = threading.Thread(target=daemon.run, name="bench-daemon")
+    runner.start()
+    try:
+        yield daemon
+    finally:
+        daemon.request_stop()
+        daemon.capture.stop()
+        runner.join(STOP_S)
+    if runner.is_alive():
+        raise BenchError(f"the daemon under test did not stop within {STOP_S:g} s")
 
 
 def idle_cpu(cfg: Config, clf: Classifier, seconds: float) -> float:
     """Percent of one core the daemon uses with a source that yields no frames."""
-    daemon = _BenchDaemon(cfg, clf, MemorySource(np.zeros((1, 1, 3), np.uint8), fps=0))
-    runner = threading.Thread(target=daemon.run, name="bench-idle")
-    runner.start()
-    time.sleep(0.5)
-    c0, t0 = time.process_time(), time.monotonic()
-    time.sleep(seconds)
-    c1, t1 = time.process_time(), time.monotonic()
-    daemon.request_stop()
-    daemon.capture.stop()
-    runner.join(10)
+    with _running(_BenchDaemon(cfg, clf, MemorySource(np.zeros((1, 1, 3), np.uint8), fps=0))):
+        time.sleep(0.5)
+        c0, t0 = time.process_time(), time.monotonic()
+        time.sleep(seconds)
+        c1, t1 = time.process_time(), time.monotonic()
     return 100.0 * (c1 - c0) / (t1 - t0)
 
 
 def run(opts: BenchOptions) -> dict[str, Any]:
     backends = opts.backends or available_backends()
     threads = opts.threads or list(range(1, (os.cpu_count() or 1) + 1))
-    broker = PrivateBroker() if opts.host is None else None
-    host, port = ("127.0.0.1", broker.port) if broker else (opts.host or "", opts.port)
-    state = tempfile.TemporaryDirectory(prefix="edged-bench-state-")
     results: list[dict[str, Any]] = []
     idle = rss_model_size = float("nan")
     parts = {"anon": float("nan"), "file": float("nan")}
-    try:
+    with contextlib.ExitStack() as stack:
+        broker = PrivateBroker() if opts.host is None else None
+        if broker is not None:
+            stack.callback(broker.close)
+        host, port = ("127.0.0.1", broker.port) if broker else (opts.host or "", opts.port)
+        # Each daemon has stopped (and closed its spool) before the next starts and before this
+        # is removed (_running).
+        state = stack.enter_context(tempfile.TemporaryDirectory(prefix="edged-bench-state-"))
         for backend in backends:
             for n in threads:
-                cfg = _config(opts, host, port, n, backend, Path(state.name))
+                cfg = _config(opts, host, port, n, backend, Path(state))
                 clf = Classifier.load(opts.model, threads=n, backend=backend)
                 bare_loop(clf, opts.warmup_s)
                 row: dict[str, Any] = {"backend": clf.info.backend, "threads": n}
                 size = (clf.info.height, clf.info.width, 3)
                 for tag, shape in (("model_size", size), ("640x480", (480, 640, 3))):
-                    image = test_image(shape)
+                    image = bench_image(shape)
                     # Throughput: a frame always waiting. Latency: a camera at half the
                     # inference rate, so frames never queue and the figure is edged's own.
                     p = pipeline(cfg, clf, image, None, opts)
@@ -302,10 +350,6 @@ def run(opts: BenchOptions) -> dict[str, Any]:
                 results.append(row)
                 if np.isnan(idle):
                     idle = idle_cpu(cfg, clf, opts.idle_s)
-    finally:
-        state.cleanup()
-        if broker is not None:
-            broker.close()
     return {
         "model": str(opts.model),
         "cpu_count": os.cpu_count(),

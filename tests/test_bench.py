@@ -42,6 +42,7 @@ def test_report_has_every_figure() -> None:
             # What edged adds: the latency less each frame's own invoke.
             assert 0 < p["latency_added_ms_p50"] < p["latency_ms_p50"]
             assert p["latency_invoke_ms_p50"] > 0
+            assert p["spool"] == 1  # through the on-disk spool, as the daemon runs by default
             assert 0 <= p["outside_invoke_ms_p50"] <= p["outside_invoke_ms_p99"]
     assert report["peak_rss_mib"] > 0 and report["idle_cpu_percent"] >= 0
     anon, file = report["rss_anon_mib_model_size"], report["rss_file_mib_model_size"]

@@ -221,8 +221,9 @@ def test_each_setting_changes_what_a_subscriber_sees(
     assert snapshot["paused"] is True and snapshot["fps"] == 0.0
     assert snapshot["inference_ms"] == {"p50": None, "p99": None, "max": None, "n": 0}
     assert snapshot["frames"]["captured"] > snapshot["frames"]["processed"]  # taken, dropped
+    n = op.n_predictions()  # counted while paused: a prediction right after resuming is in
     assert op.send({"paused": False})["ok"]
-    resumed = op.predictions_after(op.n_predictions(), 3)
+    resumed = op.predictions_after(n, 3)
     assert {e["reason"] for e in resumed} == {"every"}
     states = [m.text for m in op.sub.messages if m.topic == f"{TOPIC}/state"]
     after_pause = states[len(states) - states[::-1].index("paused") :]
