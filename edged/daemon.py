@@ -22,6 +22,7 @@ from edged.capture import Capture, SourceHealth
 from edged.config import Config
 from edged.control import Control, Settings
 from edged.homeassistant import Discovery
+from edged.instance import InstanceLock
 from edged.model.classifier import Classifier
 from edged.model.runtime import interpreter_threads
 from edged.pipeline import PostStage, Preparer
@@ -63,6 +64,16 @@ class Daemon:
         notifier: Notifier | None = None,
     ) -> None:
         self.cfg = cfg
+        # One daemon per state dir (exit status 4 for a second one), before anything in it is
+        # opened; held until run() ends (edged.instance).
+        self.instance = InstanceLock(cfg.state_dir)
+        try:
+            self._init(cfg, classifier, notifier)
+        except BaseException:
+            self.instance.release()
+            raise
+
+    def _init(self, cfg: Config, classifier: Classifier | None, notifier: Notifier | None) -> None:
         # The stored model of the last update wins over model.path (edged.update.models).
         boot = boot_model(cfg) if classifier is None else None
         if boot is not None:
@@ -181,6 +192,8 @@ class Daemon:
                 self.updater.stop()
             self.stats.stop()
             self.publisher.stop()
+            self.seqs.close()
+            self.instance.release()
             log.info("stopped after %d frames (%d published)", self.processed, self.seq)
         return 0
 

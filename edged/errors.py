@@ -10,6 +10,7 @@ class ExitStatus(enum.IntEnum):
     ERROR = 1  # runtime failure (model, source, broker)
     USAGE = 2  # invalid config, arguments or input files
     UNAVAILABLE = 3  # a required service (broker) could not be reached
+    ALREADY_RUNNING = 4  # another edged runs on the same state dir
     INTERRUPTED = 130
 
 

@@ -137,6 +137,15 @@ class SqliteOutbox(SpoolWriter):
 
     # ------------------------------------------------------------------ sequence numbers
 
+    def seq_floor(self, seq: int) -> None:
+        """Sequence numbers up to ``seq`` may have been handed out (known from elsewhere): the
+        file's reservation moves past it with the next commit."""
+        with self._lock:
+            self._seq_last = max(self._seq_last, seq)
+            if seq + SEQ_BLOCK > self._seq_wanted:
+                self._seq_wanted = seq + SEQ_BLOCK
+                self._wake.notify_all()
+
     def seq_used(self, seq: int) -> None:
         """``seq`` is about to be published: make sure a restart never hands it out again."""
         with self._lock:

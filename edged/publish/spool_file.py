@@ -6,22 +6,30 @@ sequence number reservation, whether the last user closed it cleanly). ``SqliteO
 (``edged.publish.spool``) keeps the file open through two connections: a writer and a read-only
 reader, which in WAL mode never waits for the writer.
 
-A second process cannot open the same spool (``spool.lock``, an flock). A corrupt file is set
-aside as ``spool.sqlite3.bad`` and an empty spool started.
+A second process cannot open the same spool (``spool.lock``, an flock). A file that cannot be
+used as it is (damaged, another schema, unreadable) is set aside as
+``spool.sqlite3.broken-<UTC time>`` and a fresh spool started with what could be read from it
+(``open_file``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import errno
 import fcntl
 import logging
 import os
+import shutil
 import sqlite3
-from dataclasses import dataclass
+import stat
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 __all__ = [
+    "BROKEN_KEEP",
     "JOURNAL_SIZE_LIMIT",
     "LOCK_NAME",
     "SCHEMA_VERSION",
@@ -34,6 +42,7 @@ __all__ = [
     "enforce_bounds",
     "open_file",
     "put_meta",
+    "salvage",
     "take_lock",
 ]
 
@@ -44,6 +53,8 @@ LOCK_NAME = "spool.lock"
 SCHEMA_VERSION = 1
 SEQ_BLOCK = 100  # sequence numbers reserved ahead (the most skipped after a kill -9)
 JOURNAL_SIZE_LIMIT = 4 * 1024 * 1024  # the WAL is truncated to this after a checkpoint
+BROKEN_KEEP = 3  # set-aside broken spools kept (the oldest beyond are removed)
+MAX_PAYLOAD = 256 * 1024 * 1024  # the largest MQTT payload; a salvaged row over it is invalid
 
 Sync = Literal["full", "normal"]
 
@@ -72,6 +83,9 @@ class SpoolFile:
     seq_start: int  # the last sequence number that may have been handed out
     seq_reserved: int  # the reservation committed at opening (seq_start + SEQ_BLOCK)
     unclean: bool  # the previous user did not close the spool (kill -9, power cut)
+    seq_known: bool = False  # the file recorded sequence numbers (it was used before)
+    set_aside: Path | None = None  # where a broken file was moved (this one is fresh)
+    salvaged: int = 0  # messages carried over from the set-aside file
 
 
 def take_lock(path: Path) -> int:
@@ -89,38 +103,101 @@ def take_lock(path: Path) -> int:
     return fd
 
 
-def open_file(path: Path, sync: Sync) -> SpoolFile:
-    """Open (or create) the spool file, setting a corrupt one aside; raises ``SpoolError``."""
+def open_file(
+    path: Path,
+    sync: Sync,
+    *,
+    seq_floor: int = 0,
+    dropped: int = 0,
+    max_messages: int = 100_000,
+    max_bytes: int = 32 * 1024 * 1024,
+) -> SpoolFile:
+    """Open (or create) the spool file; raises ``SpoolError``.
+
+    A file that cannot be used as it is - damaged, truncated, not an sqlite file, another
+    schema, not a regular file, unreadable - is set aside as ``spool.sqlite3.broken-<UTC time>``
+    (with its ``-wal``; the newest ``BROKEN_KEEP`` such copies are kept), what can still be read
+    from it (its undelivered messages, within the bounds, and its sequence numbers) is carried
+    into a fresh spool, and one warning says why. A problem of the surroundings (a full disk,
+    a folder that cannot be written) raises ``SpoolError`` and leaves the file alone.
+
+    ``seq_floor`` and ``dropped`` seed a fresh file's counters (and raise an existing one's)."""
     try:
-        return _connect(path, sync)
+        return _connect(path, sync, seq_floor=seq_floor, dropped=dropped)
+    except _Broken as err:
+        cause = str(err)
     except sqlite3.DatabaseError as err:
-        if not _is_corruption(err):
+        why = _broken_cause(path, err)
+        if why is None:
             raise SpoolError(f"cannot open spool {path}: {err}") from None
-        bad = path.with_name(path.name + ".bad")
-        try:
-            os.replace(path, bad)
-            for suffix in ("-wal", "-shm"):
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(str(path) + suffix)
-        except OSError as move_err:
-            raise SpoolError(
-                f"spool {path} is corrupt ({err}) and cannot be set aside: {_oserror(move_err)}"
-            ) from None
-        log.warning(
-            "spool %s is corrupt (%s); set aside as %s, starting an empty spool",
+        cause = why
+    except OSError as err:  # pragma: no cover - sqlite3 reports these as DatabaseError
+        raise SpoolError(f"cannot open spool {path}: {_oserror(err)}") from None
+    try:
+        aside = _set_aside(path)
+    except OSError as move_err:
+        raise SpoolError(
+            f"spool {path} cannot be used ({cause}) and cannot be set aside: {_oserror(move_err)}"
+        ) from None
+    found = salvage(aside, max_messages, max_bytes)
+    try:
+        opened = _connect(
             path,
-            err,
-            bad.name,
+            sync,
+            seq_floor=max(seq_floor, found.seq),
+            dropped=dropped,
+            rows=found.rows,
         )
-        try:
-            return _connect(path, sync)
-        except sqlite3.Error as err2:
-            raise SpoolError(f"cannot create spool {path}: {err2}") from None
-    except sqlite3.Error as err:
-        raise SpoolError(f"cannot open spool {path}: {err}") from None
+    except (sqlite3.Error, _Broken) as err2:
+        raise SpoolError(
+            f"spool {path} cannot be used ({cause}; set aside as {aside.name}) and a new one "
+            f"cannot be created: {err2}"
+        ) from None
+    log.warning(
+        "spool %s cannot be used (%s): set aside as %s; %d undelivered message(s) recovered "
+        "from it%s; started a fresh spool",
+        path,
+        cause,
+        aside.name,
+        len(found.rows),
+        f" ({found.lost})" if found.lost else "",
+    )
+    return dataclasses.replace(
+        opened, set_aside=aside, salvaged=len(found.rows), seq_known=found.seq > 0
+    )
 
 
-def _connect(path: Path, sync: Sync) -> SpoolFile:
+class _Broken(Exception):
+    """The file is not a spool this version can use (the message says why)."""
+
+
+_COLUMNS = {"seq", "topic", "payload", "qos", "retain", "size"}
+
+
+def _check_schema(db: sqlite3.Connection) -> None:
+    version = db.execute("PRAGMA user_version").fetchone()[0]
+    if version not in (0, SCHEMA_VERSION):
+        raise _Broken(f"schema version {version}, this edged uses {SCHEMA_VERSION}")
+    tables = {
+        str(name): {str(c[1]) for c in db.execute(f'PRAGMA table_info("{name}")').fetchall()}
+        for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+    }
+    if "messages" in tables and not tables["messages"] >= _COLUMNS:
+        raise _Broken("another schema (table messages has other columns)")
+    if "meta" in tables and not {"key", "value"} <= tables["meta"]:
+        raise _Broken("another schema (table meta has other columns)")
+    if version == 0 and tables and not {"messages", "meta"} <= set(tables):
+        raise _Broken("not an edged spool (other tables)")
+
+
+def _connect(
+    path: Path,
+    sync: Sync,
+    *,
+    seq_floor: int = 0,
+    dropped: int = 0,
+    rows: list[Salvaged] | None = None,
+) -> SpoolFile:
     """Open both connections, check the file and commit a new sequence number reservation; the
     connections are closed again if anything fails."""
     db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=5.0)
@@ -134,18 +211,20 @@ def _connect(path: Path, sync: Sync) -> SpoolFile:
         check = db.execute("PRAGMA quick_check").fetchall()
         if check != [("ok",)]:
             detail = "; ".join(str(r[0]) for r in check[:3])
-            raise sqlite3.DatabaseError(f"database disk image is malformed ({detail})")
-        version = db.execute("PRAGMA user_version").fetchone()[0]
-        if version > SCHEMA_VERSION:
-            raise sqlite3.OperationalError(
-                f"written by a newer edged (schema {version} > {SCHEMA_VERSION})"
-            )
+            raise _Broken(f"database disk image is malformed ({detail})")
+        _check_schema(db)
         db.execute("BEGIN IMMEDIATE")
         try:
             for stmt in _SCHEMA:
                 db.execute(stmt)
             db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
+            if rows:
+                db.executemany(
+                    "INSERT INTO messages (topic, payload, qos, retain, size) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    [(r.topic, r.payload, r.qos, int(r.retain), r.size) for r in rows],
+                )
             count, nbytes, max_seq = db.execute(
                 "SELECT count(*), coalesce(sum(size), 0), coalesce(max(seq), 0) FROM messages"
             ).fetchone()
@@ -153,8 +232,10 @@ def _connect(path: Path, sync: Sync) -> SpoolFile:
                 start = int(meta.get("seq_last", 0))
             else:
                 start = max(int(meta.get("seq_last", 0)), int(meta.get("seq_reserved", 0)))
+            start = max(start, seq_floor)
             reserved = start + SEQ_BLOCK
-            put_meta(db, clean=0, seq_last=start, seq_reserved=reserved)
+            total_dropped = max(int(meta.get("dropped", 0)), dropped)
+            put_meta(db, clean=0, seq_last=start, seq_reserved=reserved, dropped=total_dropped)
             db.execute("COMMIT")
         except BaseException:
             with contextlib.suppress(sqlite3.Error):
@@ -171,11 +252,197 @@ def _connect(path: Path, sync: Sync) -> SpoolFile:
         count=int(count),
         nbytes=int(nbytes),
         max_seq=int(max_seq),
-        dropped=int(meta.get("dropped", 0)),
+        dropped=total_dropped,
         seq_start=start,
         seq_reserved=reserved,
         unclean=bool(meta) and not meta.get("clean"),
+        seq_known="seq_last" in meta or "seq_reserved" in meta,
     )
+
+
+# ---------------------------------------------------------------------- a broken file
+
+
+@dataclass(frozen=True, slots=True)
+class Salvaged:
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool
+
+    @property
+    def size(self) -> int:
+        return len(self.topic.encode("utf-8")) + len(self.payload)
+
+
+@dataclass(slots=True)
+class Found:
+    """What ``salvage`` read from a set-aside file."""
+
+    rows: list[Salvaged] = field(default_factory=list)  # oldest first
+    seq: int = 0  # the highest sequence number it had recorded (0: none readable)
+    lost: str = ""  # why not everything could be read ("" if it could)
+
+
+def _broken_cause(path: Path, err: sqlite3.DatabaseError) -> str | None:
+    """Why the spool file itself is unusable, or None when the problem is around it (full
+    disk, a folder that cannot be written): then the file is left alone."""
+    text = str(err).lower()
+    if "not a database" in text or "malformed" in text or "corrupt" in text:
+        return str(err)
+    for candidate in (path, Path(str(path) + "-wal")):
+        try:
+            st = os.stat(candidate)
+        except FileNotFoundError:
+            continue
+        except OSError as oserr:
+            return f"{candidate.name}: {_oserror(oserr)}"
+        if not stat.S_ISREG(st.st_mode):
+            return f"{candidate.name} is not a regular file"
+        try:
+            fd = os.open(candidate, os.O_RDWR | os.O_CLOEXEC)
+        except OSError as oserr:
+            if oserr.errno in (errno.EACCES, errno.EPERM, errno.EROFS) and _dir_writable(path):
+                return f"{candidate.name}: {_oserror(oserr)}"
+            return None
+        os.close(fd)
+    return None
+
+
+def _dir_writable(path: Path) -> bool:
+    return os.access(path.parent, os.W_OK | os.X_OK)
+
+
+def _set_aside(path: Path) -> Path:
+    """Rename the spool (and its -wal/-shm) to ``<name>.broken-<UTC time>``; keep the newest
+    ``BROKEN_KEEP`` set-aside copies. Returns the new path."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    aside = path.with_name(f"{path.name}.broken-{stamp}")
+    n = 1
+    while os.path.lexists(aside):
+        aside = path.with_name(f"{path.name}.broken-{stamp}-{n}")
+        n += 1
+    os.replace(path, aside)
+    for suffix in ("-wal", "-shm"):
+        with contextlib.suppress(FileNotFoundError):
+            os.replace(str(path) + suffix, str(aside) + suffix)
+    old = sorted(
+        (p for p in path.parent.glob(f"{path.name}.broken-*") if not p.name.endswith(_SIDE)),
+        key=lambda p: p.name,
+    )
+    for stale in old[:-BROKEN_KEEP]:
+        for victim in (str(stale), str(stale) + "-wal", str(stale) + "-shm"):
+            with contextlib.suppress(OSError):
+                if os.path.isdir(victim) and not os.path.islink(victim):
+                    shutil.rmtree(victim)
+                else:
+                    os.unlink(victim)
+        log.info("spool: removed the old set-aside copy %s", stale.name)
+    return aside
+
+
+_SIDE = ("-wal", "-shm")
+
+
+def salvage(aside: Path, max_messages: int, max_bytes: int) -> Found:
+    """Read what can be read from a set-aside spool: the newest undelivered messages within the
+    bounds, oldest first, and its recorded sequence numbers. Never raises."""
+    found = Found()
+    if not aside.is_file():
+        found.lost = "nothing readable"
+        return found
+    db = None
+    for uri in (f"file:{aside}", f"file:{aside}?immutable=1"):
+        try:
+            db = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=1.0)
+            db.execute("PRAGMA query_only=1")
+            db.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            break
+        except sqlite3.Error:
+            close_quietly(db)
+            db = None
+    if db is None:
+        found.lost = "nothing readable"
+        return found
+    try:
+        with contextlib.suppress(sqlite3.Error):
+            for key, value in db.execute("SELECT key, value FROM meta"):
+                if key in ("seq_last", "seq_reserved") and isinstance(value, int):
+                    found.seq = max(found.seq, value)
+        _salvage_rows(db, found, max_messages, max_bytes)
+    finally:
+        close_quietly(db)
+    return found
+
+
+def _salvage_rows(db: sqlite3.Connection, found: Found, max_messages: int, max_bytes: int) -> None:
+    try:
+        cols = {str(c[1]) for c in db.execute("PRAGMA table_info(messages)").fetchall()}
+    except sqlite3.Error as err:
+        found.lost = f"messages unreadable: {err}"
+        return
+    if not {"topic", "payload"} <= cols:
+        found.lost = "no messages table" if not cols else "messages without topic/payload"
+        return
+    order = "seq" if "seq" in cols else "rowid"
+    qos = "qos" if "qos" in cols else "1"
+    retain = "retain" if "retain" in cols else "0"
+    select = f"SELECT {order}, topic, payload, {qos}, {retain} FROM messages ORDER BY {order}"
+    got: dict[Any, Salvaged] = {}
+    nbytes = 0
+    skipped = 0
+    full = False
+    # Newest first, until the bounds are reached; after a damaged page, the oldest first too.
+    for direction in ("DESC", "ASC"):
+        try:
+            for key, topic, payload, q, r in db.execute(f"{select} {direction}"):
+                if key in got:
+                    continue
+                row = _valid_row(topic, payload, q, r)
+                if row is None:
+                    skipped += 1
+                    continue
+                if len(got) >= max_messages or nbytes + row.size > max_bytes:
+                    full = True
+                    break
+                got[key] = row
+                nbytes += row.size
+            break  # read to the end, or the bounds are reached
+        except sqlite3.Error as err:
+            found.lost = f"some rows unreadable: {err}"
+    found.rows = [got[k] for k in sorted(got, key=_sort_key)]
+    notes = [found.lost] if found.lost else []
+    if skipped:
+        notes.append(f"{skipped} invalid row(s) skipped")
+    if full:
+        notes.append("the oldest beyond the spool's bounds dropped")
+    found.lost = "; ".join(notes)
+
+
+def _sort_key(key: Any) -> tuple[int, str]:
+    return (key, "") if isinstance(key, int) else (0, str(key))
+
+
+def _valid_row(topic: Any, payload: Any, qos: Any, retain: Any) -> Salvaged | None:
+    if isinstance(topic, bytes):
+        try:
+            topic = topic.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+    if not isinstance(topic, str) or not topic or any(c in topic for c in "+#\x00"):
+        return None
+    if len(topic.encode("utf-8", "surrogatepass")) > 65535:
+        return None
+    try:
+        topic.encode("utf-8")
+    except UnicodeEncodeError:
+        return None
+    if isinstance(payload, str):
+        payload = payload.encode("utf-8", "surrogatepass")
+    if not isinstance(payload, bytes) or len(payload) > MAX_PAYLOAD:
+        return None
+    q = qos if isinstance(qos, int) and qos in (0, 1, 2) else 1
+    return Salvaged(topic, payload, q, bool(retain) if isinstance(retain, int) else False)
 
 
 def close_quietly(*conns: sqlite3.Connection | None) -> None:
@@ -223,13 +490,6 @@ def enforce_bounds(
 
 
 # ---------------------------------------------------------------------- helpers
-
-
-def _is_corruption(err: sqlite3.DatabaseError) -> bool:
-    text = str(err).lower()
-    return isinstance(err, sqlite3.DatabaseError) and (
-        "not a database" in text or "malformed" in text or "corrupt" in text
-    )
 
 
 def _oserror(err: OSError) -> str:

@@ -50,6 +50,7 @@ from typing import Self
 from edged.publish.connect import RateLimitedLog
 from edged.publish.outbox import OutMessage, message_size
 from edged.publish.spool_file import (
+    SpoolError,
     Sync,
     close_quietly,
     enforce_bounds,
@@ -63,6 +64,7 @@ __all__ = ["FLUSH_INTERVAL_S", "SpoolWriter"]
 log = logging.getLogger("edged.spool")
 
 FLUSH_INTERVAL_S = 0.05  # an unacknowledged message is committed when it is this old
+GIVE_BACK_BYTES = 1024 * 1024  # a drained spool larger than this on disk is shrunk
 RETRY_S = 1.0  # pause after a failed commit
 
 
@@ -130,6 +132,10 @@ class SpoolWriter:
         self.seq_start = 0  # SeqCounter continues after this
         self.recovered = 0  # messages found in the file when it was opened
         self.unclean = False  # the previous user did not close the spool (kill -9, power cut)
+        self.seq_known = False  # the file had recorded sequence numbers (it was used before)
+        self.set_aside: Path | None = None  # a broken file moved aside at opening
+        self.salvaged = 0  # messages carried over from it
+        self.gave_back = 0  # times the file was shrunk after a backlog drained
 
         self._lock_fd = take_lock(self.path)
         self._db: sqlite3.Connection | None = None
@@ -146,8 +152,15 @@ class SpoolWriter:
             )
             self._writer.start()
 
-    def _open(self) -> None:
-        opened = open_file(self.path, self.sync)
+    def _open(self, seq_floor: int = 0, dropped: int = 0) -> None:
+        opened = open_file(
+            self.path,
+            self.sync,
+            seq_floor=seq_floor,
+            dropped=dropped,
+            max_messages=self.max_messages,
+            max_bytes=self.max_bytes,
+        )
         self._db = opened.db
         self._reader = opened.reader
         self._disk_count = opened.count
@@ -160,6 +173,9 @@ class SpoolWriter:
         self.seq_start = opened.seq_start
         self.recovered = self._disk_count
         self.unclean = opened.unclean
+        self.seq_known = opened.seq_known
+        self.set_aside = opened.set_aside
+        self.salvaged = opened.salvaged
 
     # ------------------------------------------------------------------ writing
 
@@ -186,7 +202,9 @@ class SpoolWriter:
                     if due is not None and due <= 0:
                         break
                     self._wake.wait(due)
-            if not self.flush() and self._closing.wait(RETRY_S):
+            ok = self.flush()
+            self.give_back()
+            if not ok and self._closing.wait(RETRY_S):
                 return
 
     def flush(self) -> bool:
@@ -266,11 +284,16 @@ class SpoolWriter:
             with self._lock:
                 self._flushing_upto = 0
                 self._acked_early.clear()  # their inserts were rolled back
-                self._failing = True
+                was_failing, self._failing = self._failing, True
                 self._wake.notify_all()
-            self._warn.warning(
-                f"spool: cannot write {self.path}: {err}; keeping messages in memory"
-            )
+            if not was_failing:  # one warning per episode; the recovery is logged too
+                log.warning(
+                    "spool: cannot write %s: %s; keeping new messages in memory (at most %d) "
+                    "until it can be written again",
+                    self.path,
+                    err,
+                    self.memory_max_messages,
+                )
             return False
         with self._lock:
             for m in batch:
@@ -294,13 +317,81 @@ class SpoolWriter:
             self._dropped += bound_drops
             if not final:
                 self._seq_durable = max(self._seq_durable, seq_wanted)
-            self._failing = False
+            recovered, self._failing = self._failing, False
             self._wake.notify_all()
+        if recovered:
+            log.info("spool: %s can be written again", self.path)
         if bound_drops:
             self._warn.warning(
                 f"spool full ({self.max_messages} messages / {self.max_bytes} bytes): "
                 "dropping the oldest messages"
             )
+        return True
+
+    # ------------------------------------------------------------------ giving space back
+
+    def give_back(self) -> bool:
+        """Once the backlog has drained, give the disk space the spool grew to back: checkpoint
+        and truncate the WAL and VACUUM the (empty) file - or, when even that cannot be written
+        (a full disk), replace the file, every row of which the broker has acknowledged, by a
+        fresh one. True if it did either. The writer thread calls this after each commit."""
+        with self._io_lock:
+            with self._lock:
+                if self._closed or self._db is None or self._tail:
+                    return False
+                drained = self._disk_count - len(self._acked) <= 0
+                failing = self._failing
+            if not drained or (self._disk_count and not failing):
+                return False  # rows to delete first: the next commit does that
+            size = _size_on_disk(self.path)
+            if size < GIVE_BACK_BYTES and not failing:
+                return False
+            db = self._db
+            try:
+                if failing:
+                    raise sqlite3.OperationalError("the last commit failed")
+                db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                if os.stat(self.path).st_size >= GIVE_BACK_BYTES:
+                    db.execute("VACUUM")
+                    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except (sqlite3.Error, OSError) as err:
+                if not self._recreate(err):
+                    return False
+            after = _size_on_disk(self.path)
+            self.gave_back += 1
+        log.info("spool: backlog delivered; %s shrunk from %d to %d bytes", self.path, size, after)
+        return True
+
+    def _recreate(self, why: Exception) -> bool:
+        """Replace a file whose every row is acknowledged by a fresh one (``_io_lock`` held)."""
+        with self._lock:
+            if self._tail or self._disk_count - len(self._acked) > 0:
+                return False
+            seq_floor = max(self._seq_last, self._seq_wanted, self._seq_durable)
+            dropped = self._dropped
+            next_seq, disk_max = self._next_seq, self._disk_max_seq
+            kept = (self.seq_start, self.unclean, self.seq_known, self.set_aside, self.salvaged)
+            close_quietly(self._reader, self._db)
+            self._reader = self._db = None
+            try:
+                for suffix in ("", "-wal", "-shm"):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(str(self.path) + suffix)
+                self._open(seq_floor=seq_floor, dropped=dropped)
+            except (OSError, SpoolError) as err:
+                self._failing = True
+                self._warn.warning(f"spool: cannot replace {self.path} ({why}): {err}")
+                return False
+            # Positions continue (the publisher's cursor refers to them); older acks are moot.
+            self._next_seq = max(next_seq, disk_max + 1)
+            self._dropped_upto = max(self._dropped_upto, disk_max)
+            self._disk_max_seq = disk_max
+            self._acked.clear()
+            self._acked_early.clear()
+            self._disk_count = self._disk_bytes = 0
+            self._failing = False
+            self.seq_start, self.unclean, self.seq_known, self.set_aside, self.salvaged = kept
+            self._wake.notify_all()
         return True
 
     # ------------------------------------------------------------------ closing
@@ -348,3 +439,11 @@ class SpoolWriter:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _size_on_disk(path: Path) -> int:
+    total = 0
+    for suffix in ("", "-wal"):
+        with contextlib.suppress(OSError):
+            total += os.stat(str(path) + suffix).st_size
+    return total
