@@ -53,7 +53,7 @@ SLOT = 64  # bytes per slot; the file is two slots
 SEQ_WAIT_S = 0.5  # longest next() waits for its reservation to be written
 RETRY_S = 5.0  # pause after a failed write of the high-water mark
 CLOCK_SANE_US = 1_767_225_600 * 1_000_000  # 2026-01-01: an earlier clock is not set
-_SLOT_RE = re.compile(rb"edged-seq 1 (\d{1,19}) ([0-9a-f]{8}) *\n")
+_SLOT_RE = re.compile(rb"edged-seq 1 (\d{1,19}) (\d{1,19}) ([0-9a-f]{8}) *\n")
 
 
 def time_floor() -> int:
@@ -61,28 +61,32 @@ def time_floor() -> int:
     return time.time_ns() // 1000
 
 
-def _slot(value: int) -> bytes:
-    body = f"edged-seq 1 {value}"
+def _slot(gen: int, value: int) -> bytes:
+    body = f"edged-seq 1 {gen} {value}"
     line = f"{body} {zlib.crc32(body.encode('ascii')):08x}".encode("ascii")
     return line.ljust(SLOT - 1) + b"\n"
 
 
-def _parse(slot: bytes) -> int | None:
+def _parse(slot: bytes) -> tuple[int, int] | None:
+    """(generation, value) of a valid slot."""
     m = _SLOT_RE.fullmatch(slot)
     if m is None:
         return None
-    value = int(m.group(1))
-    body = f"edged-seq 1 {value}".encode("ascii")
-    return value if f"{zlib.crc32(body):08x}".encode("ascii") == m.group(2) else None
+    gen, value = int(m.group(1)), int(m.group(2))
+    body = f"edged-seq 1 {gen} {value}".encode("ascii")
+    return (gen, value) if f"{zlib.crc32(body):08x}".encode("ascii") == m.group(3) else None
 
 
 class SeqFile:
-    """``<state_dir>/seq.hwm``: the sequence numbers' high-water mark (see the module)."""
+    """``<state_dir>/seq.hwm``: the sequence numbers' high-water mark (see the module).
+
+    Each slot holds a generation, the mark and a CRC-32; the valid slot of the highest
+    generation is the mark (a clean stop may lower it to the exact last number)."""
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self._fd = -1
-        self._slots: list[int | None] = [None, None]
+        self._slots: list[tuple[int, int] | None] = [None, None]  # (generation, value)
 
     def read(self) -> tuple[str, int, str]:
         """(status, value, detail): ``ok`` with the mark, ``missing``, or ``damaged`` (the
@@ -101,24 +105,29 @@ class SeqFile:
             os.close(fd)
         slots = [_parse(data[i * SLOT : (i + 1) * SLOT]) for i in range(2)]
         valid = [v for v in slots if v is not None]
+        newest = max(valid)[1] if valid else 0  # the slot written last
         if len(data) != 2 * SLOT or not valid:
             why = "empty" if not data else f"{len(data)} bytes, no valid slot"
-            return ("damaged", max(valid), why) if valid else ("damaged", 0, why)
+            return "damaged", newest, why
         self._slots = slots
-        return "ok", max(valid), ""
+        return "ok", newest, ""
 
     def write(self, value: int) -> None:
         """Make ``value`` the durable mark; raises OSError. The slot not holding the current
         mark is overwritten, so a torn write leaves the previous mark readable."""
+        if self._fd < 0 and any(self._slots):  # read intact: overwrite in place (full disk)
+            with contextlib.suppress(OSError):
+                self._fd = os.open(self.path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
         if self._fd < 0:
             self._create(value)
             return
         a, b = self._slots
-        i = 0 if a is None or (b is not None and a <= b) else 1
+        i = 0 if a is None or (b is not None and a < b) else 1  # not the newest slot
+        gen = max(s[0] for s in (a, b) if s is not None) + 1
         self._slots[i] = None  # until the write is known to be durable
-        os.pwrite(self._fd, _slot(value), i * SLOT)
+        os.pwrite(self._fd, _slot(gen, value), i * SLOT)
         os.fsync(self._fd)
-        self._slots[i] = value
+        self._slots[i] = (gen, value)
 
     def _create(self, value: int) -> None:
         """A new file with both slots (write, fsync, rename, fsync the folder); a damaged one
@@ -129,7 +138,7 @@ class SeqFile:
         tmp = self.path.with_name(self.path.name + ".tmp")
         fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         try:
-            data = _slot(value) * 2
+            data = _slot(1, value) + _slot(2, value)
             if os.write(fd, data) != len(data):
                 raise OSError(28, "short write")
             os.fsync(fd)
@@ -146,7 +155,7 @@ class SeqFile:
             finally:
                 os.close(dfd)
         self._fd = fd
-        self._slots = [value, value]
+        self._slots = [(1, value), (2, value)]
 
     def close(self) -> None:
         fd, self._fd = self._fd, -1

@@ -346,6 +346,7 @@ def test_open_outbox_creates_state_dir_and_continues_seq(tmp_path: Path) -> None
     assert isinstance(box, SqliteOutbox) and box.path == state / SPOOL_NAME
     assert seqs.next() == 1 and (state / LOCK_NAME).exists()
     box.close()
+    seqs.close()
     box, seqs = open_outbox(_cfg(state))
     assert seqs.next() == 2
     box.close()
