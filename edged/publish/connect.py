@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import random
 import socket
 import ssl
+import struct
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
+from paho.mqtt.exception import MalformedPacket
+from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
@@ -20,6 +25,7 @@ from edged.errors import BrokerError
 
 WARN_INTERVAL_S = 60.0  # identical warnings are repeated at most this often
 LOOP_TIMEOUT_S = 0.25  # paho network loop wake-up (keepalive checks); paho's default is 1 s
+STABLE_S = 10.0  # a connection that lasted less does not reset the reconnect backoff
 
 
 class RateLimitedLog:
@@ -31,13 +37,16 @@ class RateLimitedLog:
         self._last: dict[str, float] = {}
         self._lock = threading.Lock()
 
-    def warning(self, msg: str) -> None:
+    def warning(self, msg: str, key: str | None = None) -> None:
+        """Log ``msg`` unless the same ``key`` (default: the message) was logged within the
+        interval."""
         now = time.monotonic()
+        key = msg if key is None else key
         with self._lock:
-            last = self._last.get(msg)
+            last = self._last.get(key)
             if last is not None and now - last < self._interval:
                 return
-            self._last[msg] = now
+            self._last[key] = now
         self._logger.warning("%s", msg)
 
     def reset(self) -> None:
@@ -45,10 +54,131 @@ class RateLimitedLog:
             self._last.clear()
 
 
+class Backoff:
+    """Reconnect delays: ``min_s``, doubling up to ``max_s``, each drawn uniformly from the upper
+    half of that value (jitter, so that a fleet that lost its broker at once does not come back
+    at once). Only a connection that lasted ``stable_s`` resets it: a broker (or another client
+    with our client id) that accepts the connection and drops it at once meets growing delays,
+    not a reconnect storm. Thread-safe."""
+
+    def __init__(
+        self,
+        min_s: float,
+        max_s: float,
+        stable_s: float = STABLE_S,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        self.min_s = min_s
+        self.max_s = max(min_s, max_s)
+        self.stable_s = stable_s
+        self._rand = rand
+        self._lock = threading.Lock()
+        self.attempt = 0  # delays drawn since the last reset
+        self._since: float | None = None  # when the current connection was accepted
+        self.last_delay = 0.0
+
+    def base(self, attempt: int) -> float:
+        """The delay before jitter for the ``attempt``-th reconnect (0-based)."""
+        return min(self.max_s, self.min_s * 2.0 ** min(attempt, 62))
+
+    def next_delay(self) -> float:
+        with self._lock:
+            base = self.base(self.attempt)
+            self.attempt += 1
+            self.last_delay = base * (0.5 + 0.5 * self._rand())
+            return self.last_delay
+
+    def connected(self, now: float | None = None) -> None:
+        with self._lock:
+            self._since = time.monotonic() if now is None else now
+
+    def lost(self, now: float | None = None) -> float | None:
+        """The connection ended; returns how long it lasted (None: it was not up)."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            since, self._since = self._since, None
+            if since is None:
+                return None
+            lasted = now - since
+            if lasted >= self.stable_s:
+                self.attempt = 0
+            return lasted
+
+
+class _AnyReasonCode(ReasonCode):
+    """A reason code paho's table does not allow for this packet type (mosquitto answers an
+    oversized QoS 1 PUBLISH with PUBACK 0x95 "Packet too large", which MQTT 5 only lists for
+    DISCONNECT); paho 2.x treats such a PUBACK as a malformed packet and drops the connection,
+    which made a reconnect storm of one refused message."""
+
+    def __getName__(self, packetType: int, identifier: int) -> str:
+        try:
+            return super().__getName__(packetType, identifier)
+        except (KeyError, ValueError):
+            names = self.names.get(identifier) or {}
+            return next(iter(names), f"reason code 0x{identifier:02x}")
+
+
 class Client(mqtt.Client):
-    """paho client that remembers why the last connection attempt failed."""
+    """paho client that remembers why the last connection attempt failed, waits between
+    reconnects as ``backoff`` says, and takes refusals in PUBACK/PUBREC as results."""
 
     last_connect_error: OSError | None = None
+    backoff: Backoff | None = None
+
+    def _reconnect_wait(self) -> None:
+        backoff = self.backoff
+        if backoff is None:
+            super()._reconnect_wait()
+            return
+        target = time.monotonic() + backoff.next_delay()
+        stopping = (
+            mqtt._ConnectionState.MQTT_CS_DISCONNECTING,
+            mqtt._ConnectionState.MQTT_CS_DISCONNECTED,
+        )
+        while self._state not in stopping and not self._thread_terminate:
+            left = target - time.monotonic()
+            if left <= 0:
+                break
+            time.sleep(min(left, LOOP_TIMEOUT_S))
+
+    def _ack_result(self, ptype: int) -> tuple[int, ReasonCode, Properties] | None:
+        """A PUBACK/PUBREC/PUBCOMP whose MQTT 5 reason code is a refusal: (mid, reason,
+        properties), decoded whatever the code; None otherwise."""
+        packet = bytes(self._in_packet["packet"])
+        if self._protocol != mqtt.MQTTv5 or len(packet) < 3 or packet[2] < 0x80:
+            return None
+        (mid,) = struct.unpack("!H", packet[:2])
+        props = Properties(ptype)
+        if len(packet) > 3:
+            with contextlib.suppress(Exception):
+                props.unpack(packet[3:])
+        return mid, _AnyReasonCode(ptype, identifier=packet[2]), props
+
+    def _report(self, result: tuple[int, ReasonCode, Properties]) -> MQTTErrorCode:
+        mid, reason, props = result
+        with self._out_message_mutex:
+            if mid in self._out_messages:
+                return self._do_on_publish(mid, reason, props)
+        return MQTTErrorCode.MQTT_ERR_SUCCESS
+
+    def _handle_pubackcomp(self, cmd: Any) -> MQTTErrorCode:
+        try:
+            return super()._handle_pubackcomp(cmd)
+        except MalformedPacket:
+            ptype = PacketTypes.PUBACK if cmd == "PUBACK" else PacketTypes.PUBCOMP
+            result = self._ack_result(ptype)
+            if result is None:
+                raise
+            return self._report(result)
+
+    def _handle_pubrec(self) -> MQTTErrorCode:
+        # A refusal in PUBREC ends the QoS 2 flow (MQTT 5, 4.3.3): no PUBREL; paho 2.x would
+        # send one (or drop the connection, for a code it does not know for PUBREC).
+        result = self._ack_result(PacketTypes.PUBREC)
+        if result is None:
+            return super()._handle_pubrec()
+        return self._report(result)
 
     def _thread_main(self) -> None:
         # loop_start()'s thread, with a shorter select() timeout than paho's 1 s: paho checks the

@@ -108,7 +108,10 @@ class Publisher(MqttSession):
     def stats(self) -> dict[str, int]:
         """Counters: published (acknowledged), queued (waiting or unacknowledged), dropped
         (outbox overflow, oldest first; a spool counts across restarts), failures (messages
-        rejected or undeliverable), reconnects, connect_failures, inflight."""
+        rejected or undeliverable), dropped_by_broker (those of the failures the broker refused
+        or could not take: a refusal in PUBACK/PUBREC, over its maximum packet size, or making
+        it drop the connection), takeovers (connections another client with our client id took
+        over), reconnects, connect_failures, inflight."""
         with self._cond:
             out = dict(self._counts)
             out["dropped"] = self._outbox.dropped
@@ -127,6 +130,7 @@ class Publisher(MqttSession):
         client.max_queued_messages_set(0)
         # paho annotates the delays as int; fractions of a second work and are used in tests.
         client.reconnect_delay_set(cfg.reconnect_min_s, cfg.reconnect_max_s)  # type: ignore[arg-type]
+        client.backoff = self.backoff  # jittered; grows across short connections (connect.py)
         client.on_connect = self._handle_connect
         client.on_connect_fail = self._handle_connect_fail
         client.on_disconnect = self._handle_disconnect
@@ -291,15 +295,31 @@ class Publisher(MqttSession):
             gen = self._gen
             batch = self._outbox.peek(self._cursor, self._inflight_limit() - len(self._inflight))
             max_packet = self._max_packet
+            killer = self._killer
         for msg in batch:
             problem = None
-            if max_packet is not None and _packet_size(msg, self._v5) > max_packet:
-                problem = f"larger than the broker's maximum packet size ({max_packet} bytes)"
+            size = _packet_size(msg, self._v5)
+            if max_packet is not None and size > max_packet:
+                why = (
+                    f"larger than the broker's maximum packet size ({max_packet} bytes, MQTT 5 "
+                    "CONNACK); not sent"
+                )
+            elif killer and size >= killer:
+                why = (
+                    f"not smaller than a message ({killer} bytes) for which the broker closed "
+                    "the connection; not sent"
+                )
             else:
-                try:
-                    info = client.publish(msg.topic, msg.payload, qos=msg.qos, retain=msg.retain)
-                except ValueError as err:
-                    problem = str(err)
+                why = ""
+            if why:
+                with self._cond:
+                    self._drop_refused(msg.seq, size, msg.topic, why, key="oversize")
+                continue
+            try:
+                self._last_send = time.monotonic()
+                info = client.publish(msg.topic, msg.payload, qos=msg.qos, retain=msg.retain)
+            except ValueError as err:
+                problem = str(err)
             if problem is not None:
                 with self._cond:
                     self._outbox.ack(msg.seq)
@@ -314,6 +334,7 @@ class Publisher(MqttSession):
                     self._blocked = (gen, time.monotonic() + 1.0)
                     return
                 self._cursor = msg.seq
+                self._sizes[msg.seq] = size
                 if msg.qos == 0:
                     self._forget_mid(info.mid)
                     self._delivered(msg.seq, failed=False)

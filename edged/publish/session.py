@@ -7,14 +7,31 @@ paho's network thread: on connect, paho's own resend queue is emptied (the outbo
 source of truth: it resends whatever was unacknowledged), availability ``online`` is published
 and the subscriptions are made again; ``on_publish`` takes an acknowledged message out of the
 outbox; on a lost connection the in-flight messages are forgotten (the sender resends them, in
-order), and a message that was the oldest unacknowledged one at ``MAX_HEAD_ATTEMPTS`` lost
-connections is dropped.
+order).
+
+What the broker will not take is dropped, counted (``dropped_by_broker``, also in
+``failures``) and logged once per cause with its size: a refusal in PUBACK/PUBREC (a reason
+code >= 0x80, e.g. mosquitto's 0x95 for ``message_size_limit``, 0x87 for its ACL) - a result,
+not a protocol error; a message larger than the MQTT 5 CONNACK's Maximum Packet Size (never
+sent); and a message that makes the broker drop the connection (MQTT 3.1.1 brokers do that for
+an oversized packet): after a connection is lost with messages in flight, the ones that were in
+flight are sent one at a time (probing), and one that was alone in flight, within
+``SUSPECT_S`` of being sent, at ``MAX_HEAD_ATTEMPTS`` (2) lost connections is dropped.
+
+A connection the broker hands to another client with our client id (MQTT 5 reason 0x8E
+"Session taken over"; without a reason - MQTT 3.1.1, and mosquitto 2.0 under MQTT 5 too - a
+connection the broker closes within ``STABLE_S`` of accepting it with nothing in flight, not
+a keepalive timeout) counts as a takeover; repeated ones are reported once
+with the likely cause. The reconnect backoff (``edged.publish.connect.Backoff``) grows across
+connections shorter than ``STABLE_S``, so neither a takeover fight nor a refused message makes
+a reconnect storm.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -23,7 +40,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from edged.config import MqttConfig
-from edged.publish.connect import RateLimitedLog, describe_error
+from edged.publish.connect import STABLE_S, Backoff, RateLimitedLog, describe_error
 from edged.publish.outbox import Outbox
 from edged.publish.topics import Topics
 
@@ -32,7 +49,11 @@ __all__ = ["MAX_HEAD_ATTEMPTS", "MAX_INFLIGHT", "MqttSession"]
 log = logging.getLogger("edged.mqtt")
 
 MAX_INFLIGHT = 100  # unacknowledged messages handed to paho at once
-MAX_HEAD_ATTEMPTS = 5  # connections lost with the same oldest message unacknowledged -> drop it
+MAX_HEAD_ATTEMPTS = 2  # connections lost with a message alone in flight -> drop it
+SUSPECT_S = 3.0  # ... lost within this long of sending it
+TAKEOVERS_REPORTED = 2  # takeovers in a row (connections shorter than STABLE_S) -> one warning
+TAKEOVER = 0x8E  # MQTT 5 DISCONNECT reason: Session taken over
+_KEEPALIVE = 0x8D  # paho's reason for a connection it closed itself: Keep alive timeout
 
 
 class MqttSession:
@@ -66,7 +87,15 @@ class MqttSession:
         self._inflight: dict[int, int] = {}  # mid -> seq, QoS >= 1, awaiting on_publish
         self._early: dict[int, bool] = {}  # mid -> failed: acks that beat their registration
         self._ignore: set[int] = set()  # mids whose acks are not tracked (QoS 0, internal)
-        self._head: tuple[int, int] = (0, 0)  # (seq, connections lost with it unacked)
+        self._probe_upto = 0  # probing (one in flight at a time) until a seq > this is acked
+        self._strikes: dict[int, int] = {}  # seq -> connections lost with it alone in flight
+        self._last_send = 0.0  # when the sender last handed a message to paho (monotonic)
+        self._sizes: dict[int, int] = {}  # seq -> packet size, of the messages in flight
+        self._max_ok = 0  # the largest packet the broker acknowledged
+        self._killer = 0  # the smallest packet given up for dropping the connection (0: none)
+        self._takeovers_in_row = 0  # since the last connection that lasted STABLE_S
+        self._takeover_reported = False
+        self.backoff = Backoff(cfg.reconnect_min_s, cfg.reconnect_max_s)
         self._max_packet: int | None = None  # MQTT 5 CONNACK: Maximum Packet Size
         self._receive_max = MAX_INFLIGHT  # lowered by the MQTT 5 CONNACK's Receive Maximum
         self._subs: dict[str, int] = {}
@@ -75,6 +104,8 @@ class MqttSession:
             "failures": 0,
             "reconnects": 0,
             "connect_failures": 0,
+            "dropped_by_broker": 0,
+            "takeovers": 0,
         }
         self._stopped = False
         self._last_error: str | None = None  # paho's last error log line (e.g. a TLS alert)
@@ -83,11 +114,23 @@ class MqttSession:
     # ------------------------------------------------------------------ in-flight bookkeeping
 
     def _inflight_limit(self) -> int:
-        """``_cond`` held. After the same oldest message was unacknowledged at two lost
-        connections, send one message at a time until it is acknowledged: that isolates a
-        message that makes the broker drop the connection (e.g. over its packet size limit
-        under MQTT 3.1.1) from the ones sent along with it."""
-        return 1 if self._head[1] >= 2 else self._receive_max
+        """``_cond`` held. After a connection was lost with messages in flight, those are sent
+        one at a time until the last of them is acknowledged: that isolates a message that
+        makes the broker drop the connection (e.g. over its packet size limit under MQTT
+        3.1.1) from the ones sent along with it."""
+        return 1 if self._probe_upto else self._receive_max
+
+    def _drop_refused(self, seq: int, size: int | None, topic: str, why: str, key: str) -> None:
+        """A message the broker will not take: dropped and counted (``_cond`` held); logged
+        once per ``key`` and interval, with its size."""
+        self._outbox.ack(seq)
+        self._counts["failures"] += 1
+        self._counts["dropped_by_broker"] += 1
+        self._strikes.pop(seq, None)
+        if seq >= self._probe_upto:
+            self._probe_upto = 0
+        what = f"{size} bytes" if size is not None else "size unknown"
+        self._warn.warning(f"dropping a message to {topic} ({what}): {why}", key=key)
 
     def _forget_mid(self, mid: int) -> None:
         """Ignore the ack of ``mid`` (QoS 0 or internal message); ``_cond`` held."""
@@ -98,8 +141,16 @@ class MqttSession:
         """``_cond`` held."""
         self._outbox.ack(seq)
         self._counts["failures" if failed else "published"] += 1
-        if self._head[0] == seq or self._head[1] >= 2:
-            self._head = (0, 0)
+        size = self._sizes.pop(seq, 0)
+        if failed:
+            self._counts["dropped_by_broker"] += 1
+        elif size > self._max_ok:
+            self._max_ok = size
+            if self._killer and size >= self._killer:
+                self._killer = 0  # not a size limit after all
+        self._strikes.pop(seq, None)
+        if seq >= self._probe_upto:
+            self._probe_upto = 0
         # Some may wait for room in the window (the outbox may also have dropped in-flight
         # ones to make room, so its length alone does not tell).
         window_was_full = len(self._inflight) + 1 >= self._inflight_limit()
@@ -134,6 +185,7 @@ class MqttSession:
                 self._gen += 1
                 self._cursor = 0
                 self._inflight.clear()
+                self._sizes.clear()
                 self._early.clear()
                 self._ignore.clear()
             info = client.publish(self.topics.availability, "online", qos=1, retain=True)
@@ -157,8 +209,8 @@ class MqttSession:
                 self._wake.notify()
             if subs:
                 client.subscribe(subs)
+        self.backoff.connected()
         self._connected_event.set()
-        self._warn.reset()
         log.info(
             "%s to %s (MQTT %s)%s",
             "reconnected" if reconnect else "connected",
@@ -182,38 +234,49 @@ class MqttSession:
         reason_code: ReasonCode,
         properties: Properties | None,
     ) -> None:
-        gave_up = ""
+        now = time.monotonic()
+        lasted = self.backoff.lost(now)
+        code = getattr(reason_code, "value", None)
+        gave_up: tuple[int, int, str] | None = None
+        takeover = report = False
         with self._cond:
             was_connected = self._connected
             self._connected = False
             self._connected_event.clear()
             self._gen += 1
             unacked = len(self._inflight)
-            if self._inflight:
-                head = min(self._inflight.values())
-                tries = self._head[1] + 1 if self._head[0] == head else 1
-                self._head = (head, tries)
-                if tries >= MAX_HEAD_ATTEMPTS:
-                    found = self._outbox.peek(head - 1, 1)
-                    if found and found[0].seq == head:
-                        gave_up = f"{found[0].topic}, {len(found[0].payload)} bytes"
-                        self._outbox.ack(head)
-                        self._counts["failures"] += 1
-                    self._head = (0, 0)
+            stopping = self._stopped
+            if was_connected and not stopping:
+                if lasted is not None and lasted >= STABLE_S:
+                    self._takeovers_in_row = 0
+                    self._takeover_reported = False
+                    self._warn.reset()
+                if code == TAKEOVER:
+                    takeover = True
+                elif not unacked and lasted is not None and lasted < STABLE_S:
+                    # No reason given (MQTT 3.1.1; mosquitto 2.0 also just closes an MQTT 5
+                    # connection it hands over): closed soon after being accepted, by the
+                    # broker (not a keepalive timeout), with no message to blame.
+                    takeover = code != _KEEPALIVE
+                if takeover:
+                    self._counts["takeovers"] += 1
+                    self._takeovers_in_row += 1
+                    if self._takeovers_in_row >= TAKEOVERS_REPORTED and not self._takeover_reported:
+                        self._takeover_reported = report = True
+                elif self._inflight:
+                    gave_up = self._strike(now)
+                    self._takeovers_in_row = 0
             self._inflight.clear()
+            self._sizes.clear()
             self._early.clear()
             self._ignore.clear()
             self._cursor = 0
-            stopping = self._stopped
             refused, self._refused = self._refused, False
             self._cond.notify_all()
-        if gave_up:
-            log.warning(
-                "dropping a message (%s): the connection was lost %d times while it was "
-                "unacknowledged",
-                gave_up,
-                MAX_HEAD_ATTEMPTS,
-            )
+        if gave_up is not None:
+            seq, size, topic = gave_up
+            with self._cond:
+                self._refused_msg(seq, size, topic)
         if not was_connected:
             # Closed before a CONNACK: e.g. a TLS 1.3 broker refusing our client certificate
             # (the alert arrives after the handshake) or one that never answers.
@@ -227,11 +290,56 @@ class MqttSession:
         if stopping:
             log.debug("disconnected from %s", self._where)
             return
-        log.warning(
-            "connection to %s lost (%s); %d unacknowledged message(s) will be resent",
-            self._where,
-            reason_code,
-            unacked,
+        if report:
+            log.warning(
+                "another client probably uses client id %s: the broker %s %d times in a row; "
+                "reconnecting with growing delays (up to %g s) instead of fighting over it",
+                self.device_id,
+                'handed our session to it ("Session taken over")'
+                if code == TAKEOVER
+                else "closed our connection within seconds of accepting it",
+                self._takeovers_in_row,
+                self.backoff.max_s,
+            )
+        line = (
+            f"connection to {self._where} lost ({reason_code}); {unacked} unacknowledged "
+            "message(s) will be resent"
+        )
+        if lasted is not None and lasted < STABLE_S:
+            self._warn.warning(line, key="lost-quickly")  # a storm is not a flood of lines
+        else:
+            log.warning("%s", line)
+
+    def _strike(self, now: float) -> tuple[int, int, str] | None:
+        """A connection was lost with messages in flight (``_cond`` held): probe them one at a
+        time from now on; a message that was alone in flight, sent just before, gets a strike,
+        and at ``MAX_HEAD_ATTEMPTS`` strikes it is given up: (seq, size, topic)."""
+        seqs = sorted(self._inflight.values())
+        self._probe_upto = max(self._probe_upto, seqs[-1])
+        if len(seqs) != 1 or now - self._last_send > SUSPECT_S:
+            return None
+        seq = seqs[0]
+        if self._sizes.get(seq, 0) <= self._max_ok:
+            return None  # the broker took larger ones: not its size
+        strikes = self._strikes.get(seq, 0) + 1
+        self._strikes[seq] = strikes
+        if strikes < MAX_HEAD_ATTEMPTS:
+            return None
+        found = self._outbox.peek(seq - 1, 1)
+        if not found or found[0].seq != seq:
+            return None
+        return seq, self._sizes.get(seq, len(found[0].payload)), found[0].topic
+
+    def _refused_msg(self, seq: int, size: int, topic: str) -> None:
+        if size > self._max_ok and (not self._killer or size < self._killer):
+            self._killer = size  # a size limit, as far as can be told: larger ones go unsent
+        self._drop_refused(
+            seq,
+            size,
+            topic,
+            f"the broker closed the connection {MAX_HEAD_ATTEMPTS} times right after receiving "
+            "it (larger than the broker's packet size limit?)",
+            key="kills-connection",
         )
 
     def _handle_log(self, client: mqtt.Client, userdata: Any, level: int, buf: str) -> None:
@@ -255,9 +363,15 @@ class MqttSession:
                 else:
                     self._early[mid] = failed
                 return
+            found = self._outbox.peek(seq - 1, 1) if failed else []
             self._delivered(seq, failed)
         if failed:
-            self._warn.warning(f"broker {self._where} rejected a message: {reason_code}")
+            msg = found[0] if found and found[0].seq == seq else None
+            what = f" to {msg.topic} ({len(msg.payload)} bytes)" if msg is not None else ""
+            self._warn.warning(
+                f"broker {self._where} refused a message{what}: {reason_code}; dropped",
+                key=f"refused-{getattr(reason_code, 'value', reason_code)}",
+            )
 
     def _handle_subscribe(
         self,
