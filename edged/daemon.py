@@ -194,7 +194,9 @@ class Daemon:
             self.publisher.stop()
             self.seqs.close()
             self.instance.release()
-            log.info("stopped after %d frames (%d published)", self.processed, self.seq)
+            log.info(
+                "stopped after %d frames (%d published)", self.processed, self.seq - self._seq_start
+            )
         return 0
 
     def _make_source(self) -> FrameSource:
