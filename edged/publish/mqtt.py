@@ -304,6 +304,8 @@ class Publisher(MqttSession):
                     f"larger than the broker's maximum packet size ({max_packet} bytes, MQTT 5 "
                     "CONNACK); not sent"
                 )
+            elif killer and size > self._max_ok and not size >= killer and self._inflight:
+                return  # larger than any the broker took: sent alone, once the window is empty
             elif killer and size >= killer:
                 why = (
                     f"not smaller than a message ({killer} bytes) for which the broker closed "

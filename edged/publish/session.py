@@ -323,7 +323,9 @@ class MqttSession:
             return None  # the broker took larger ones: not its size
         strikes = self._strikes.get(seq, 0) + 1
         self._strikes[seq] = strikes
-        if strikes < MAX_HEAD_ATTEMPTS:
+        # Once the broker has shown a size limit, one such loss is enough for a message larger
+        # than any it took (those are sent alone: see Publisher._send_batch).
+        if strikes < (1 if self._killer else MAX_HEAD_ATTEMPTS):
             return None
         found = self._outbox.peek(seq - 1, 1)
         if not found or found[0].seq != seq:
@@ -337,8 +339,8 @@ class MqttSession:
             seq,
             size,
             topic,
-            f"the broker closed the connection {MAX_HEAD_ATTEMPTS} times right after receiving "
-            "it (larger than the broker's packet size limit?)",
+            "the broker closed the connection right after receiving it, "
+            f"{self._strikes.get(seq, 1)} time(s) (larger than its packet size limit?)",
             key="kills-connection",
         )
 

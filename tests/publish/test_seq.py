@@ -63,7 +63,9 @@ def warnings_of(caplog: pytest.LogCaptureFixture) -> list[str]:
 
 
 def aside_files(state: Path) -> list[Path]:
-    return sorted(p for p in state.glob(SPOOL_NAME + ".broken-*") if not p.name[-4:] in ("-wal", "-shm"))
+    return sorted(
+        p for p in state.glob(SPOOL_NAME + ".broken-*") if not p.name[-4:] in ("-wal", "-shm")
+    )
 
 
 # -- the high-water mark file -----------------------------------------------------------------
@@ -86,7 +88,9 @@ def test_hwm_file_round_trip_lowering_and_a_torn_slot(tmp_path: Path) -> None:
 
 
 @settings(
-    max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=EXAMPLES,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 @given(junk=st.binary(max_size=3 * SLOT))
 def test_any_bytes_in_the_hwm_file_never_send_seq_back(tmp_path: Path, junk: bytes) -> None:
