@@ -319,6 +319,8 @@ class Publisher(MqttSession):
                 continue
             try:
                 self._last_send = time.monotonic()
+                self._handed = msg.seq
+                self._sizes[msg.seq] = size
                 info = client.publish(msg.topic, msg.payload, qos=msg.qos, retain=msg.retain)
             except ValueError as err:
                 problem = str(err)
@@ -336,7 +338,6 @@ class Publisher(MqttSession):
                     self._blocked = (gen, time.monotonic() + 1.0)
                     return
                 self._cursor = msg.seq
-                self._sizes[msg.seq] = size
                 if msg.qos == 0:
                     self._forget_mid(info.mid)
                     self._delivered(msg.seq, failed=False)

@@ -90,6 +90,7 @@ class MqttSession:
         self._probe_upto = 0  # probing (one in flight at a time) until a seq > this is acked
         self._strikes: dict[int, int] = {}  # seq -> connections lost with it alone in flight
         self._last_send = 0.0  # when the sender last handed a message to paho (monotonic)
+        self._handed = 0  # the last seq handed to paho on this connection (registered or not)
         self._sizes: dict[int, int] = {}  # seq -> packet size, of the messages in flight
         self._max_ok = 0  # the largest packet the broker acknowledged
         self._killer = 0  # the smallest packet given up for dropping the connection (0: none)
@@ -184,6 +185,7 @@ class MqttSession:
             with self._cond:
                 self._gen += 1
                 self._cursor = 0
+                self._handed = 0
                 self._inflight.clear()
                 self._sizes.clear()
                 self._early.clear()
@@ -245,6 +247,11 @@ class MqttSession:
             self._connected_event.clear()
             self._gen += 1
             unacked = len(self._inflight)
+            # In flight: the registered ones, and one handed to paho but lost before it was
+            # registered (the connection went in between).
+            pending = sorted(self._inflight.values())
+            if self._handed > self._cursor:
+                pending.append(self._handed)
             stopping = self._stopped
             if was_connected and not stopping:
                 if lasted is not None and lasted >= STABLE_S:
@@ -253,7 +260,7 @@ class MqttSession:
                     self._warn.reset()
                 if code == TAKEOVER:
                     takeover = True
-                elif not unacked and lasted is not None and lasted < STABLE_S:
+                elif not pending and lasted is not None and lasted < STABLE_S:
                     # No reason given (MQTT 3.1.1; mosquitto 2.0 also just closes an MQTT 5
                     # connection it hands over): closed soon after being accepted, by the
                     # broker (not a keepalive timeout), with no message to blame.
@@ -263,14 +270,15 @@ class MqttSession:
                     self._takeovers_in_row += 1
                     if self._takeovers_in_row >= TAKEOVERS_REPORTED and not self._takeover_reported:
                         self._takeover_reported = report = True
-                elif self._inflight:
-                    gave_up = self._strike(now)
+                elif pending:
+                    gave_up = self._strike(pending, now)
                     self._takeovers_in_row = 0
             self._inflight.clear()
             self._sizes.clear()
             self._early.clear()
             self._ignore.clear()
             self._cursor = 0
+            self._handed = 0
             refused, self._refused = self._refused, False
             self._cond.notify_all()
         if gave_up is not None:
@@ -310,11 +318,10 @@ class MqttSession:
         else:
             log.warning("%s", line)
 
-    def _strike(self, now: float) -> tuple[int, int, str] | None:
-        """A connection was lost with messages in flight (``_cond`` held): probe them one at a
-        time from now on; a message that was alone in flight, sent just before, gets a strike,
-        and at ``MAX_HEAD_ATTEMPTS`` strikes it is given up: (seq, size, topic)."""
-        seqs = sorted(self._inflight.values())
+    def _strike(self, seqs: list[int], now: float) -> tuple[int, int, str] | None:
+        """A connection was lost with messages ``seqs`` in flight (``_cond`` held): probe them
+        one at a time from now on; a message that was alone in flight, sent just before, gets
+        a strike, and at ``MAX_HEAD_ATTEMPTS`` strikes it is given up: (seq, size, topic)."""
         self._probe_upto = max(self._probe_upto, seqs[-1])
         if len(seqs) != 1 or now - self._last_send > SUSPECT_S:
             return None
