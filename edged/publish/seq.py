@@ -39,7 +39,14 @@ from typing import TYPE_CHECKING
 
 from edged.publish.outbox import MemoryOutbox, Outbox
 from edged.publish.spool import SqliteOutbox
-from edged.publish.spool_file import SEQ_BLOCK, SPOOL_NAME, SpoolError
+from edged.publish.spool_file import (
+    SEQ_BLOCK,
+    SPOOL_NAME,
+    Found,
+    SpoolBusy,
+    SpoolError,
+    salvage,
+)
 
 if TYPE_CHECKING:
     from edged.config import Config
@@ -297,6 +304,7 @@ def open_outbox(cfg: Config) -> tuple[Outbox, SeqCounter]:
     spool_path = state / SPOOL_NAME
     spool_existed = any(os.path.lexists(f"{spool_path}{s}") for s in ("", "-wal"))
     spool: SqliteOutbox | None = None
+    found = Found()
     if p.spool:
         try:
             spool = SqliteOutbox(
@@ -307,12 +315,29 @@ def open_outbox(cfg: Config) -> tuple[Outbox, SeqCounter]:
                 memory_max_bytes=p.queue_max_bytes,
                 sync=p.spool_sync,
             )
-        except SpoolError as err:
+        except SpoolBusy as err:
             log.warning("%s; keeping messages in memory only (lost on restart)", err)
+        except SpoolError as err:
+            # E.g. a full disk: sqlite cannot even open it. What waits in it is sent from a
+            # read-only copy in memory (and again once the spool can be opened: duplicates,
+            # with their seq, rather than a wait of unknown length).
+            if os.path.isfile(spool_path):
+                found = salvage(spool_path, p.queue_max, p.queue_max_bytes)
+            log.warning(
+                "%s; keeping messages in memory only (lost on restart)%s",
+                err,
+                f"; {len(found.rows)} waiting message(s) read from it are sent from memory "
+                "(and again at the next start that can open it)"
+                if found.rows
+                else "",
+            )
     start = mark
     spool_knows = spool is not None and spool.seq_known
     if spool is not None and spool_knows:
         start = max(start, spool.seq_start)
+    elif found.seq:
+        spool_knows = True
+        start = max(start, found.seq)
     if status != "ok" and not spool_knows and (status == "damaged" or spool_existed):
         floor = time_floor()
         start = max(start, floor)
@@ -327,7 +352,10 @@ def open_outbox(cfg: Config) -> tuple[Outbox, SeqCounter]:
         log.info("seq: no %s yet; continuing after the spool's %d", hwm.path.name, start)
     seqs = SeqCounter(spool, hwm=hwm, start=start)
     if spool is None:
-        return MemoryOutbox(p.queue_max, p.queue_max_bytes), seqs
+        memory = MemoryOutbox(p.queue_max, p.queue_max_bytes)
+        for row in found.rows:
+            memory.append(row.topic, row.payload, row.qos, row.retain)
+        return memory, seqs
     spool.seq_floor(start)
     log.info(
         "spool %s: %d message(s) waiting%s, seq continues after %d",

@@ -35,6 +35,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "SEQ_BLOCK",
     "SPOOL_NAME",
+    "SpoolBusy",
     "SpoolError",
     "SpoolFile",
     "Sync",
@@ -70,6 +71,10 @@ class SpoolError(Exception):
     """The spool cannot be used (one line, for the log)."""
 
 
+class SpoolBusy(SpoolError):
+    """Another process holds the spool's lock."""
+
+
 @dataclass(frozen=True, slots=True)
 class SpoolFile:
     """An opened spool file: its two connections and what it held."""
@@ -99,7 +104,7 @@ def take_lock(path: Path) -> int:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         os.close(fd)
-        raise SpoolError(f"spool {path} is in use by another process") from None
+        raise SpoolBusy(f"spool {path} is in use by another process") from None
     return fd
 
 

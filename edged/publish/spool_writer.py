@@ -367,7 +367,7 @@ class SpoolWriter:
         with self._lock:
             if self._tail or self._disk_count - len(self._acked) > 0:
                 return False
-            seq_floor = max(self._seq_last, self._seq_wanted, self._seq_durable)
+            seq_floor = self._seq_last  # the fresh file reserves SEQ_BLOCK beyond it again
             dropped = self._dropped
             next_seq, disk_max = self._next_seq, self._disk_max_seq
             kept = (self.seq_start, self.unclean, self.seq_known, self.set_aside, self.salvaged)
