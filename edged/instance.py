@@ -66,6 +66,9 @@ class InstanceLock:
             with contextlib.suppress(OSError):
                 os.close(fd)
 
+    def __del__(self) -> None:
+        self.release()
+
 
 def _read_pid(fd: int) -> int | None:
     try:

@@ -142,11 +142,12 @@ def test_post_stage_error_stops_and_is_kept() -> None:
 
 
 def test_daemon_raises_an_error_from_the_post_thread(
-    broker: Mosquitto, clf: Classifier, monkeypatch: pytest.MonkeyPatch
+    broker: Mosquitto, clf: Classifier, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     """An exception while publishing a result is not lost in a thread: run() raises it."""
     cfg = Config(
         device_id="cam-1",
+        state_dir=tmp_path / "state",
         source=FilesSource(path=str(SAMPLES), fps=50, loop=True),
         model=ModelConfig(path=DEMO_MODEL),
         mqtt=MqttConfig(host=broker.host, port=broker.port),
@@ -183,12 +184,13 @@ def test_inline_post_stage_finishes_in_the_caller() -> None:
 
 @pytest.mark.parametrize(("threads", "overlap"), [(1, True), (0, False)])
 def test_daemon_overlaps_only_with_a_core_to_spare(
-    broker: Mosquitto, clf: Classifier, threads: int, overlap: bool
+    broker: Mosquitto, clf: Classifier, threads: int, overlap: bool, tmp_path: Path
 ) -> None:
     if os.cpu_count() == 1 and overlap:
         pytest.skip("one core: nothing to overlap on")
     cfg = Config(
         device_id="cam-1",
+        state_dir=tmp_path / "state",
         source=FilesSource(path=str(SAMPLES)),
         model=ModelConfig(path=DEMO_MODEL, threads=threads),
         mqtt=MqttConfig(host=broker.host, port=broker.port),
