@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import sqlite3
@@ -318,7 +319,7 @@ def test_client_id_takeover_is_reported_once_and_backed_off(
     stop.set()
     thief.join(5)
     fight = rec.times(AVAILABILITY, b"online", since=t0)
-    gaps = [b - a for a, b in zip(fight, fight[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(fight)]
     t1 = time.monotonic()
     rec.wait(lambda: len(rec.seqs(since=t1)) >= 10, 30, "predictions after the fight")
     m = metrics(port)

@@ -12,6 +12,8 @@ real Mosquitto brokers; ``Backoff`` itself as a property.
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import logging
 import os
 import socket
@@ -247,10 +249,8 @@ class CuttingProxy:
             threading.Thread(target=pump, args=(a, b), daemon=True).start()
         time.sleep(max(0.0, end - time.monotonic()))
         for s in (conn, up):
-            try:
+            with contextlib.suppress(OSError):
                 s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
             s.close()
 
     def close(self) -> None:
@@ -271,7 +271,7 @@ def test_reconnect_delays_grow_when_every_connection_is_cut_at_once(
         opened = list(proxy.opened)
     finally:
         proxy.close()
-    gaps = [b - a - 0.3 for a, b in zip(opened, opened[1:], strict=False)]  # minus the 0.3 s up
+    gaps = [b - a - 0.3 for a, b in itertools.pairwise(opened)]  # minus the 0.3 s up
     print(
         f"\ncut after 0.3 s: {len(opened)} connections in 14 s, waits {[round(g, 2) for g in gaps]}"
     )

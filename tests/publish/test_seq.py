@@ -64,7 +64,7 @@ def warnings_of(caplog: pytest.LogCaptureFixture) -> list[str]:
 
 def aside_files(state: Path) -> list[Path]:
     return sorted(
-        p for p in state.glob(SPOOL_NAME + ".broken-*") if not p.name[-4:] in ("-wal", "-shm")
+        p for p in state.glob(SPOOL_NAME + ".broken-*") if p.name[-4:] not in ("-wal", "-shm")
     )
 
 
