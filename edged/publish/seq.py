@@ -213,6 +213,7 @@ class SeqCounter:
         self._thread.start()
 
     def next(self) -> int:
+        late = False
         with self._lock:
             self.last = seq = self.last + 1
             if self._hwm is not None and not self._closing:
@@ -228,7 +229,7 @@ class SeqCounter:
                 late = seq > self._durable and not self._failing and not self._late_warned
                 if late:
                     self._late_warned = True
-        if self._hwm is not None and late:
+        if late:
             log.warning("seq: the high-water mark is not written in time (slow disk?)")
         if self._spool is not None:
             self._spool.seq_used(seq)
