@@ -86,6 +86,16 @@ class SqliteOutbox(SpoolWriter):
                     self._warn.warning(f"spool: cannot read {self.path}: {err}")
                     return []
                 acked, early = self._acked, self._acked_early
+                damaged = [s for s, t, p, q, r in rows if not _intact(t, p, q)]
+                for seq in damaged:  # unreadable rows would block the queue: drop, count, log
+                    self._ack_locked(seq)
+                    self._dropped += 1
+                    self._new_drops += 1
+                if damaged:
+                    self._warn.warning(
+                        f"spool: dropping {len(damaged)} damaged message(s) in {self.path}",
+                        key="damaged rows",
+                    )
                 out = [
                     OutMessage(s, t, bytes(p), int(q), bool(r))
                     for s, t, p, q, r in rows
@@ -112,11 +122,16 @@ class SqliteOutbox(SpoolWriter):
                 self._tail_bytes -= message_size(msg.topic, msg.payload)
                 if seq <= self._flushing_upto:
                     self._acked_early.add(seq)
-            elif self._dropped_upto < seq <= self._disk_max_seq and seq not in self._acked:
-                if not self._acked:
-                    self._acked_since = time.monotonic()
-                    self._wake.notify_all()
-                self._acked.add(seq)
+            else:
+                self._ack_locked(seq)
+
+    def _ack_locked(self, seq: int) -> None:
+        """A committed row is done with: deleted at the next commit (``_lock`` held)."""
+        if self._dropped_upto < seq <= self._disk_max_seq and seq not in self._acked:
+            if not self._acked:
+                self._acked_since = time.monotonic()
+                self._wake.notify_all()
+            self._acked.add(seq)
 
     def __len__(self) -> int:
         with self._lock:
@@ -169,3 +184,15 @@ class SqliteOutbox(SpoolWriter):
                 "spool: sequence numbers are not committed in time; "
                 "after a crash some may be reused"
             )
+
+
+def _intact(topic: object, payload: object, qos: object) -> bool:
+    """A row as this spool writes it (a damaged page can hold anything)."""
+    return (
+        isinstance(topic, str)
+        and bool(topic)
+        and "\ufffd" not in topic
+        and not any(c in topic for c in "+#\x00")
+        and isinstance(payload, bytes)
+        and qos in (0, 1, 2)
+    )

@@ -131,6 +131,8 @@ def open_file(
         return _connect(path, sync, seq_floor=seq_floor, dropped=dropped)
     except _Broken as err:
         cause = str(err)
+    except (UnicodeError, ValueError, OverflowError) as err:  # what a damaged file can hold
+        cause = f"damaged ({type(err).__name__}: {err})"
     except sqlite3.DatabaseError as err:
         why = _broken_cause(path, err)
         if why is None:
@@ -206,6 +208,7 @@ def _connect(
     """Open both connections, check the file and commit a new sequence number reservation; the
     connections are closed again if anything fails."""
     db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=5.0)
+    db.text_factory = _text
     reader: sqlite3.Connection | None = None
     try:
         mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
@@ -248,6 +251,7 @@ def _connect(
             raise
         reader = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=1.0)
         reader.execute("PRAGMA query_only=1")
+        reader.text_factory = _text  # a damaged row must not make every read fail
     except BaseException:
         close_quietly(reader, db)
         raise
@@ -360,17 +364,18 @@ def salvage(aside: Path, max_messages: int, max_bytes: int) -> Found:
     for uri in (f"file:{aside}", f"file:{aside}?immutable=1"):
         try:
             db = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=1.0)
+            db.text_factory = _text
             db.execute("PRAGMA query_only=1")
             db.execute("SELECT count(*) FROM sqlite_master").fetchone()
             break
-        except sqlite3.Error:
+        except Exception:  # never raises: whatever a damaged file makes sqlite3 do
             close_quietly(db)
             db = None
     if db is None:
         found.lost = "nothing readable"
         return found
     try:
-        with contextlib.suppress(sqlite3.Error):
+        with contextlib.suppress(Exception):
             for key, value in db.execute("SELECT key, value FROM meta"):
                 if key in ("seq_last", "seq_reserved") and isinstance(value, int):
                     found.seq = max(found.seq, value)
@@ -383,7 +388,7 @@ def salvage(aside: Path, max_messages: int, max_bytes: int) -> Found:
 def _salvage_rows(db: sqlite3.Connection, found: Found, max_messages: int, max_bytes: int) -> None:
     try:
         cols = {str(c[1]) for c in db.execute("PRAGMA table_info(messages)").fetchall()}
-    except sqlite3.Error as err:
+    except Exception as err:
         found.lost = f"messages unreadable: {err}"
         return
     if not {"topic", "payload"} <= cols:
@@ -413,7 +418,7 @@ def _salvage_rows(db: sqlite3.Connection, found: Found, max_messages: int, max_b
                 got[key] = row
                 nbytes += row.size
             break  # read to the end, or the bounds are reached
-        except sqlite3.Error as err:
+        except Exception as err:
             found.lost = f"some rows unreadable: {err}"
     found.rows = [got[k] for k in sorted(got, key=_sort_key)]
     notes = [found.lost] if found.lost else []
@@ -422,6 +427,10 @@ def _salvage_rows(db: sqlite3.Connection, found: Found, max_messages: int, max_b
     if full:
         notes.append("the oldest beyond the spool's bounds dropped")
     found.lost = "; ".join(notes)
+
+
+def _text(raw: bytes) -> str:
+    return raw.decode("utf-8", "replace")
 
 
 def _sort_key(key: Any) -> tuple[int, str]:
