@@ -33,6 +33,12 @@ messages are dropped first, when a commit would exceed a bound; the newest is al
 ``dropped`` counts drops across restarts. The part not yet written is bounded separately by
 ``memory_max_messages`` / ``memory_max_bytes``, which only come into play when the disk cannot
 keep up (stalled or failing writes): then that in-memory part drops its oldest too.
+
+Space: when a commit fails (a full disk), new messages wait in memory, with one warning (and
+one line when commits work again). Once the backlog has drained, the space the file grew to is
+given back (``give_back``): the WAL is checkpointed and truncated and the file vacuumed - or,
+when even that cannot be written, the file, every row of which has been acknowledged, is
+replaced by a fresh one.
 """
 
 from __future__ import annotations

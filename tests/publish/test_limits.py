@@ -281,3 +281,21 @@ def test_reconnect_delays_grow_when_every_connection_is_cut_at_once(
     assert len(opened) <= 14, gaps
     assert max(gaps[-3:]) >= 1.2 and max(gaps[-3:]) > 4 * max(gaps[:2]), gaps
     assert len({round(g, 3) for g in gaps}) == len(gaps)  # jittered, not a fixed schedule
+
+
+def test_stats_report_dropped_by_broker_and_takeovers() -> None:
+    from edged.config import StatsConfig
+    from edged.stats import Counters, Stats
+
+    mqtt = {"published": 5, "failures": 3, "dropped_by_broker": 2, "takeovers": 4}
+    counters = Counters(
+        processed=1, predictions=1, captured=1, dropped=0, skipped=0, paused=False,
+        model={"name": "m", "version": 1, "sha256": "0" * 64}, mqtt=mqtt, connected=True,
+        spool_depth=0,
+    )  # fmt: skip
+    stats = Stats(StatsConfig(interval_s=0), "dev1", lambda: counters, lambda b: None)
+    snap = stats.snapshot()["mqtt"]
+    assert (snap["dropped_by_broker"], snap["takeovers"]) == (2, 4)
+    text = stats.metrics_text()
+    assert "edged_mqtt_messages_dropped_by_broker_total 2\n" in text
+    assert "edged_mqtt_takeovers_total 4\n" in text
