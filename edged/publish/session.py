@@ -96,6 +96,7 @@ class MqttSession:
         self._killer = 0  # the smallest packet given up for dropping the connection (0: none)
         self._takeovers_in_row = 0  # since the last connection that lasted STABLE_S
         self._takeover_reported = False
+        self._suspect_takeover = False  # a quick close without a reason, to be confirmed
         self.backoff = Backoff(cfg.reconnect_min_s, cfg.reconnect_max_s)
         self._max_packet: int | None = None  # MQTT 5 CONNACK: Maximum Packet Size
         self._receive_max = MAX_INFLIGHT  # lowered by the MQTT 5 CONNACK's Receive Maximum
@@ -174,6 +175,7 @@ class MqttSession:
             with self._cond:
                 self._counts["connect_failures"] += 1
                 self._refused = True
+                self._suspect_takeover = False
             self._warn.warning(f"broker {self._where} refused the connection: {reason_code}")
             return
         self._last_error = None
@@ -198,6 +200,8 @@ class MqttSession:
                 self._ever_connected = True
                 if reconnect:
                     self._counts["reconnects"] += 1
+                report = self._suspect_takeover and self._count_takeover()
+                self._suspect_takeover = False
                 self._max_packet = max_packet if isinstance(max_packet, int) else None
                 # One slot of the broker's Receive Maximum stays free for availability.
                 self._receive_max = (
@@ -213,6 +217,8 @@ class MqttSession:
                 client.subscribe(subs)
         self.backoff.connected()
         self._connected_event.set()
+        if report:
+            self._report_takeovers(False)
         log.info(
             "%s to %s (MQTT %s)%s",
             "reconnected" if reconnect else "connected",
@@ -225,6 +231,7 @@ class MqttSession:
         err = getattr(client, "last_connect_error", None)
         with self._cond:
             self._counts["connect_failures"] += 1
+            self._suspect_takeover = False
         reason = describe_error(err) if err is not None else "connection failed"
         self._warn.warning(f"cannot connect to {self._where}: {reason}")
 
@@ -260,17 +267,15 @@ class MqttSession:
                     self._warn.reset()
                 if code == TAKEOVER:
                     takeover = True
+                    report = self._count_takeover()
                 elif not pending and lasted is not None and lasted < STABLE_S:
                     # No reason given (MQTT 3.1.1; mosquitto 2.0 also just closes an MQTT 5
                     # connection it hands over): closed soon after being accepted, by the
-                    # broker (not a keepalive timeout), with no message to blame.
-                    takeover = code != _KEEPALIVE
-                if takeover:
-                    self._counts["takeovers"] += 1
-                    self._takeovers_in_row += 1
-                    if self._takeovers_in_row >= TAKEOVERS_REPORTED and not self._takeover_reported:
-                        self._takeover_reported = report = True
-                elif pending:
+                    # broker (not a keepalive timeout), with no message to blame - a takeover
+                    # if the broker accepts us again at once (a broker that went away does
+                    # not: confirmed in _handle_connect).
+                    takeover = self._suspect_takeover = code != _KEEPALIVE
+                if not takeover and pending:
                     gave_up = self._strike(pending, now)
                     self._takeovers_in_row = 0
             self._inflight.clear()
@@ -288,6 +293,7 @@ class MqttSession:
         if not was_connected:
             # Closed before a CONNACK: e.g. a TLS 1.3 broker refusing our client certificate
             # (the alert arrives after the handshake) or one that never answers.
+            self._suspect_takeover = False
             why, self._last_error = self._last_error, None
             if not stopping and not refused:
                 self._warn.warning(
@@ -299,16 +305,7 @@ class MqttSession:
             log.debug("disconnected from %s", self._where)
             return
         if report:
-            log.warning(
-                "another client probably uses client id %s: the broker %s %d times in a row; "
-                "reconnecting with growing delays (up to %g s) instead of fighting over it",
-                self.device_id,
-                'handed our session to it ("Session taken over")'
-                if code == TAKEOVER
-                else "closed our connection within seconds of accepting it",
-                self._takeovers_in_row,
-                self.backoff.max_s,
-            )
+            self._report_takeovers(code == TAKEOVER)
         line = (
             f"connection to {self._where} lost ({reason_code}); {unacked} unacknowledged "
             "message(s) will be resent"
@@ -317,6 +314,27 @@ class MqttSession:
             self._warn.warning(line, key="lost-quickly")  # a storm is not a flood of lines
         else:
             log.warning("%s", line)
+
+    def _count_takeover(self) -> bool:
+        """``_cond`` held; True when the takeovers in a row are to be reported now."""
+        self._counts["takeovers"] += 1
+        self._takeovers_in_row += 1
+        if self._takeovers_in_row >= TAKEOVERS_REPORTED and not self._takeover_reported:
+            self._takeover_reported = True
+            return True
+        return False
+
+    def _report_takeovers(self, by_reason: bool) -> None:
+        log.warning(
+            "another client probably uses client id %s: the broker %s %d times in a row; "
+            "reconnecting with growing delays (up to %g s) instead of fighting over it",
+            self.device_id,
+            'handed our session to it ("Session taken over")'
+            if by_reason
+            else "closed our connection within seconds of accepting it",
+            self._takeovers_in_row,
+            self.backoff.max_s,
+        )
 
     def _strike(self, seqs: list[int], now: float) -> tuple[int, int, str] | None:
         """A connection was lost with messages ``seqs`` in flight (``_cond`` held): probe them
