@@ -31,6 +31,7 @@ class InstanceLock:
     """The state dir's lock; ``release()`` (idempotent) or process exit gives it back."""
 
     def __init__(self, state_dir: Path | str) -> None:
+        self._fd = -1
         self.path = Path(state_dir) / LOCK_NAME
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
