@@ -21,6 +21,7 @@ from edged import events
 from edged.capture import Capture, SourceHealth
 from edged.config import Config
 from edged.control import Control, Settings
+from edged.guard import KindLog, one_line
 from edged.homeassistant import Discovery
 from edged.model.classifier import Classifier
 from edged.model.runtime import interpreter_threads
@@ -129,6 +130,7 @@ class Daemon:
             discard=self.preparer.release,
         )
         self._stop = threading.Event()
+        self._guard_log = KindLog(log)
         self.seq = self.seqs.last
         self.processed = 0
         self._state: str | None = None
@@ -177,6 +179,8 @@ class Daemon:
             self.notifier.stopping()
             self.capture.stop()
             self.post.close(0.5)
+            if self.control is not None:
+                self.control.close()  # a coalesced overrides.json write still pending
             if self.updater is not None:
                 self.updater.stop()
             self.stats.stop()
@@ -268,7 +272,9 @@ class Daemon:
                 )
                 if label != self._state:
                     self._state = label
-                    self.publisher.publish(self.topics.state, label, qos=1, retain=True)
+                    self.publisher.publish(
+                        self.topics.state, events.utf8(label), qos=1, retain=True
+                    )
                 log.debug("published seq=%d %s %.3f (%s)", self.seq, label, score, reason)
         if monitor is not None:
             monitor.observe(top, frame.image)
@@ -285,13 +291,20 @@ class Daemon:
     # -- model updates (edged.update) -------------------------------------------------------
 
     def _on_message(self, topic: str, payload: bytes) -> None:
-        # paho's thread: each of these only queues or flags
-        if self.control is not None and self.control.wants(topic):
-            self.control.on_message(topic, payload)
-        elif self.ha is not None and self.ha.wants(topic):
-            self.ha.on_message(topic, payload)
-        elif self.updater is not None:
-            self.updater.on_message(topic, payload)
+        # paho's thread: each of these only queues or flags, and none may raise into paho
+        # (a handler's bug costs that message and a rate-limited log line, nothing more).
+        try:
+            if self.control is not None and self.control.wants(topic):
+                self.control.on_message(topic, payload)
+            elif self.ha is not None and self.ha.wants(topic):
+                self.ha.on_message(topic, payload)
+            elif self.updater is not None:
+                self.updater.on_message(topic, payload)
+        except Exception as err:
+            self._guard_log.error(
+                "message",
+                f"handling a message on {one_line(topic, 120)} failed: {one_line(repr(err))}",
+            )
 
     def _take_new_model(self) -> None:
         """Between two frames: swap in a model the update thread loaded (a pointer swap)."""
@@ -322,11 +335,15 @@ class Daemon:
         self.stats.start()
 
     def _take_requests(self) -> None:
-        """Between two frames: control messages, Home Assistant's birth message."""
+        """Between two frames: control messages, Home Assistant's birth message (neither may
+        stop the frame loop)."""
         if self.control is not None:
             self.control.poll()
         if self.ha is not None:
-            self.ha.poll(self.classifier.info)
+            try:
+                self.ha.poll(self.classifier.info)
+            except Exception as err:  # a bug: the announcement is lost, frames go on
+                self._guard_log.error("ha", f"home assistant: {one_line(repr(err))}")
 
     def _apply_settings(self, settings: Settings) -> None:
         with self._settings_lock:  # not while the post thread handles a result
