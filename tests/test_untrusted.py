@@ -155,7 +155,7 @@ def test_echoed_id_is_bounded(tmp_path: Path) -> None:
 
 
 def test_control_flood_is_rate_limited_and_answered_once(tmp_path: Path) -> None:
-    ctl, pub, applied = make_control(tmp_path)
+    ctl, pub, _ = make_control(tmp_path)
     for i in range(500):  # one burst, far above the rate
         ctl.on_message(pub.topics.control, json.dumps({"paused": i % 2 == 0}).encode())
     for _ in range(100):
@@ -196,7 +196,7 @@ def test_persist_writes_are_coalesced_and_the_last_state_wins(
 
     monkeypatch.setattr(control_mod, "write_atomically", counting)
     monkeypatch.setattr(control_mod, "RATE", 1e9)
-    ctl, pub, _ = make_control(tmp_path)
+    ctl, _, _ = make_control(tmp_path)
     ctl._bucket = TokenBucket(1e9, 1e9)
     for i in range(200):
         msg = {"publish": {"min_score": round(i / 1000, 3)}, "persist": True}
