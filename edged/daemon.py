@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -19,8 +20,9 @@ import numpy as np
 
 from edged import events
 from edged.capture import Capture, SourceHealth
-from edged.config import Config
+from edged.config import Config, check_files, load_config
 from edged.control import Control, Settings
+from edged.errors import ConfigError
 from edged.guard import KindLog, one_line
 from edged.homeassistant import Discovery
 from edged.model.classifier import Classifier
@@ -62,8 +64,13 @@ class Daemon:
         *,
         classifier: Classifier | None = None,
         notifier: Notifier | None = None,
+        config_path: Path | None = None,
     ) -> None:
         self.cfg = cfg
+        self.config_path = config_path  # what a reload (SIGHUP) reads again
+        self.running = False  # set once run() starts the MQTT client (edged.lifecycle)
+        self.reexec = False  # run() returned for a reload: the caller executes edged again
+        self._reload = threading.Event()
         # The stored model of the last update wins over model.path (edged.update.models).
         boot = boot_model(cfg) if classifier is None else None
         if boot is not None:
@@ -146,6 +153,35 @@ class Daemon:
         signal.signal(signal.SIGTERM, self.request_stop)
         signal.signal(signal.SIGINT, self.request_stop)
 
+    def request_reload(self) -> None:
+        """SIGHUP (any thread or a signal handler): the frame loop checks the config file and
+        its model and, if both are good, stops for a reload (:attr:`reexec`)."""
+        self._reload.set()
+
+    def _try_reload(self) -> None:
+        self._reload.clear()
+        path = self.config_path
+        if path is None:
+            log.warning("reload requested: no config file to read again; going on")
+            return
+        try:
+            cfg = load_config(path)
+            problems = check_files(cfg)
+            if problems:
+                raise ConfigError(problems)
+            Classifier.from_config(cfg.model)  # loads, checks, is dropped
+        except ConfigError as err:
+            log.error(
+                "reload refused, going on as before: %s", one_line("; ".join(err.problems), 500)
+            )
+            return
+        except Exception as err:
+            log.error("reload refused, going on as before: %s", one_line(err, 500))
+            return
+        log.info("reloading: %s and its model are good; restarting in place", path)
+        self.reexec = True
+        self._stop.set()
+
     def run(self) -> int:
         info = self.classifier.info
         log.info(
@@ -163,6 +199,7 @@ class Daemon:
         # happen now, not in the first frame's latency.
         w, h = self.classifier.input_size()
         self.classifier.classify(np.zeros((h, w, 3), np.uint8), 1)
+        self.running = True  # signals now stop or reload cleanly (edged.lifecycle)
         self.publisher.start()
         if self.updater is not None:
             self.updater.start()
@@ -176,7 +213,10 @@ class Daemon:
             if self.post.error is not None:
                 raise self.post.error
         finally:
-            self.notifier.stopping()
+            if self.reexec:
+                self.notifier.reloading()
+            else:
+                self.notifier.stopping()
             self.capture.stop()
             self.post.close(0.5)
             if self.control is not None:
@@ -184,7 +224,8 @@ class Daemon:
             if self.updater is not None:
                 self.updater.stop()
             self.stats.stop()
-            self.publisher.stop()
+            # A reload leaves "online": the same daemon is back within seconds.
+            self.publisher.stop(availability=None if self.reexec else "stopped")
             log.info("stopped after %d frames (%d published)", self.processed, self.seq)
         return 0
 
@@ -203,6 +244,8 @@ class Daemon:
             if watchdog_s is None or hung is None or now - hung < watchdog_s:
                 self.notifier.watchdog(now)
             frame = cap.get(POLL_S)
+            if self._reload.is_set():
+                self._try_reload()
             self._take_new_model()
             self._take_requests()
             if frame is not None:
