@@ -48,17 +48,32 @@ def _config_path(args: argparse.Namespace) -> Path:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from edged.lifecycle import Signals
+
+    signals = Signals()  # first: no moment of startup leaves a signal its default action
+    signals.install()
+
     from edged.config import check_files, load_config
     from edged.daemon import Daemon
 
-    cfg = load_config(_config_path(args))
+    path = _config_path(args)
+    cfg = load_config(path)
     problems = check_files(cfg)
     if problems:
         raise ConfigError(problems)
     setup_logging(args.log_level or cfg.log_level)
-    daemon = Daemon(cfg)
-    daemon.install_signal_handlers()
-    return daemon.run()
+    daemon = Daemon(cfg, config_path=path)
+    signals.attach(daemon)
+    status = daemon.run()
+    if daemon.reexec:  # SIGHUP: the same process, from the start, on the new config
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        argv = list(getattr(sys, "orig_argv", None) or [sys.executable, *sys.argv])
+        try:
+            os.execv(sys.executable, argv)
+        except OSError as err:
+            raise EdgedError(f"reload: cannot execute {sys.executable}: {err}") from None
+    return status
 
 
 def cmd_check(args: argparse.Namespace) -> int:

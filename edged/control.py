@@ -24,12 +24,22 @@ rejected, and so are keys of those sections that only apply at start (``publish.
 
 Changes last until the daemon stops, unless ``"persist": true``: then they are merged into
 ``<state_dir>/overrides.json`` (written atomically) and applied at every start on top of the
-config file and the environment. ``{"command": "reset"}`` deletes that file and returns to the
+config file and the environment. Writes are coalesced: at most one every
+``PERSIST_INTERVAL_S`` (the first at once, later ones with the last state winning), and the
+pending one at stop. ``{"command": "reset"}`` deletes that file and returns to the
 config file's values (and resumes). Precedence, lowest first: config file, ``EDGED_*``
 environment, ``overrides.json``, changes made since the start without ``persist``.
 
 Threads: paho's thread only queues the raw payload (:meth:`Control.on_message`); the frame loop
-validates, applies and answers between two frames (:meth:`Control.poll`).
+validates, applies and answers between two frames (:meth:`Control.poll`, at most
+``MAX_PER_POLL`` messages per call).
+
+Bounds (untrusted input): a payload is at most ``MAX_PAYLOAD`` bytes of UTF-8 JSON, nested at
+most ``MAX_DEPTH`` deep, with no duplicate keys and no NaN/Infinity; the settings have upper
+bounds (``edged.config.models``) so that no value raises the per-frame cost; messages are
+taken at ``RATE`` a second (``BURST`` at once) and the rest refused and counted, answered by
+one ``rate limit`` result a second at most. Nothing a message holds can raise out of
+:meth:`Control.on_message` or :meth:`Control.poll`.
 """
 
 from __future__ import annotations
@@ -39,7 +49,9 @@ import json
 import logging
 import os
 import queue
+import re
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -50,14 +62,22 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, Valida
 
 from edged import events
 from edged.config import Config, ModelConfig, PublishConfig, format_validation_error
-from edged.publish.connect import RateLimitedLog
+from edged.guard import KindLog, TokenBucket, one_line
 from edged.publish.mqtt import Publisher
 
 log = logging.getLogger("edged.control")
 
 OVERRIDES_NAME = "overrides.json"
 MAX_PAYLOAD = 16 * 1024
+MAX_DEPTH = 8  # nesting of objects/arrays in a message (a valid one needs 2)
+MAX_PROBLEMS = 10  # error lines in one answer
+MAX_OVERRIDES_BYTES = 64 * 1024  # a larger overrides.json is ignored
 QUEUE_MAX = 64
+MAX_PER_POLL = 8  # messages handled between two frames
+RATE = 10.0  # control messages taken per second ...
+BURST = 20.0  # ... and at once
+PERSIST_INTERVAL_S = 2.0  # at most one overrides.json write per this many seconds
+RATE_ANSWER_S = 1.0  # at most one "rate limit" answer per this many seconds
 # What can change while running; the rest of these sections is read once at start.
 RUNTIME_KEYS: dict[str, tuple[str, ...]] = {
     "publish": ("mode", "min_score", "agree_n", "agree_m", "min_interval_s", "heartbeat_s", "qos"),
@@ -68,11 +88,90 @@ Command = Literal["stats", "ha_remove", "ha_announce", "reset"]
 
 
 class ControlError(Exception):
-    """A refused control message; ``problems`` are ``key.path: reason`` lines."""
+    """A refused control message; ``problems`` are ``key.path: reason`` lines (each one
+    printable line, at most ``MAX_PROBLEMS`` of them)."""
 
     def __init__(self, problems: list[str]) -> None:
-        super().__init__("; ".join(problems))
-        self.problems = problems
+        lines = [one_line(p, 300) for p in problems[:MAX_PROBLEMS]]
+        if len(problems) > MAX_PROBLEMS:
+            lines.append(f"(and {len(problems) - MAX_PROBLEMS} more problems)")
+        super().__init__("; ".join(lines))
+        self.problems = lines
+
+
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_NOT_BRACKET = re.compile(rb"[^\[\]{}]")
+
+
+def _depth(payload: bytes) -> int:
+    """Deepest nesting of ``[``/``{`` outside strings (before parsing: json's decoder
+    recurses, and a deep enough message would raise ``RecursionError``)."""
+    brackets = _NOT_BRACKET.sub(b"", _JSON_STRING.sub(b"", payload))
+    depth = deepest = 0
+    for b in brackets:
+        if b in (0x5B, 0x7B):
+            depth += 1
+            deepest = max(deepest, depth)
+        else:
+            depth -= 1
+    return deepest
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"duplicate key {one_line(key, 40)!r}")
+        out[key] = value
+    return out
+
+
+def _constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise ValueError(f"number out of range: {one_line(text, 40)}")
+    return value
+
+
+def parse(payload: bytes, limit: int = MAX_PAYLOAD) -> dict[str, Any]:
+    """A control message (or ``overrides.json``) as a dict, or ``ControlError``: UTF-8 JSON,
+    one object, at most ``limit`` bytes and ``MAX_DEPTH`` deep, no duplicate keys, finite
+    numbers only."""
+    if len(payload) > limit:
+        raise ControlError([f"(top level): larger than {limit} bytes"])
+    try:
+        text = payload.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ControlError([f"(top level): not UTF-8 (byte {err.start})"]) from None
+    if _depth(payload) > MAX_DEPTH:
+        raise ControlError([f"(top level): nested deeper than {MAX_DEPTH} levels"])
+    try:
+        data = json.loads(
+            text,
+            object_pairs_hook=_no_duplicates,
+            parse_constant=_constant,
+            parse_float=_finite,
+        )
+    except (ValueError, RecursionError) as err:
+        raise ControlError([f"(top level): not valid JSON ({one_line(err, 120)})"]) from None
+    if not isinstance(data, dict):
+        raise ControlError(["(top level): must be a JSON object"])
+    return data
+
+
+def _echo_id(data: Mapping[str, Any]) -> str | int | None:
+    """The message's ``id`` when it can be echoed: a string of at most 128 characters or an
+    integer of at most 64 bits."""
+    value = data.get("id")
+    if isinstance(value, str) and len(value) <= 128:
+        return events.text(value)
+    if isinstance(value, int) and not isinstance(value, bool) and -(2**63) <= value < 2**63:
+        return value
+    return None
 
 
 class _Request(BaseModel):
@@ -83,7 +182,11 @@ class _Request(BaseModel):
     paused: StrictBool | None = None
     command: Command | None = None
     persist: StrictBool = False
-    id: Annotated[str, Field(max_length=128)] | StrictInt | None = None
+    id: (
+        Annotated[str, Field(max_length=128)]
+        | Annotated[StrictInt, Field(ge=-(2**63), lt=2**63)]
+        | None
+    ) = None
 
 
 class _Sections(BaseModel):
@@ -196,36 +299,52 @@ class Control:
         self.path = Path(cfg.state_dir) / OVERRIDES_NAME
         self.base = Settings(cfg.publish, cfg.model, False)  # config file + environment
         self.current = self.base
-        self.saved: dict[str, Any] = {}  # what overrides.json holds
+        self.saved: dict[str, Any] = {}  # what overrides.json holds (or will, once written)
         self._apply = apply
         self._commands = commands
         self._queue: queue.Queue[bytes] = queue.Queue(maxsize=QUEUE_MAX)
-        self._warn = RateLimitedLog(log)
+        self._log = KindLog(log)
+        self._bucket = TokenBucket(RATE, BURST)
+        self._lock = threading.Lock()  # the counters below, from paho's thread and the loop
+        #: handled (answered), refused (answered ok=false), rate_limited (not taken)
+        self.counts = {"handled": 0, "refused": 0, "rate_limited": 0}
+        self._limited_answered = 0
+        self._limited_at = 0.0
+        self._dirty = False  # self.saved differs from the file
+        self._written_at = -PERSIST_INTERVAL_S  # monotonic time of the last write
 
     # -- start -------------------------------------------------------------------------------
 
     def load(self) -> Settings:
-        """The settings to start with: the config's, with ``overrides.json`` applied."""
+        """The settings to start with: the config's, with ``overrides.json`` applied. A file
+        that is unreadable, too large or invalid is ignored with one warning line."""
         try:
-            data = json.loads(self.path.read_text(encoding="utf-8"))
+            with self.path.open("rb") as fh:
+                raw = fh.read(MAX_OVERRIDES_BYTES + 1)
+            data = parse(raw, MAX_OVERRIDES_BYTES)
+            settings, applied, _, _ = validate(self.base, data)
         except FileNotFoundError:
             return self.current
-        except (OSError, ValueError) as err:
-            log.warning("ignoring %s: cannot read it (%s)", self.path, err)
+        except OSError as err:
+            log.warning("ignoring %s: cannot read it (%s)", self.path, one_line(err))
             return self.current
-        try:
-            if not isinstance(data, dict):
-                raise ControlError(["(top level): must be a JSON object"])
-            settings, applied, _, _ = validate(self.base, data)
         except ControlError as err:
             log.warning("ignoring %s: %s", self.path, "; ".join(err.problems))
             return self.current
+        except Exception as err:  # a bug: start with the config file's settings
+            log.warning("ignoring %s: %s", self.path, one_line(repr(err)))
+            return self.current
         self.current, self.saved = settings, applied
-        log.info("settings from %s: %s", self.path, json.dumps(applied, separators=(",", ":")))
+        log.info("settings from %s: %s", self.path, one_line(_compact(applied), 500))
         return settings
 
     def subscribe(self) -> None:
         self.publisher.subscribe(self.topics.control)
+
+    def close(self) -> None:
+        """At stop: write a coalesced ``overrides.json`` still pending."""
+        if self._dirty:
+            self._write()
 
     # -- paho's thread -----------------------------------------------------------------------
 
@@ -235,40 +354,72 @@ class Control:
     def on_message(self, topic: str, payload: bytes) -> None:
         if not payload:  # a retained message being cleared
             return
+        if not self._bucket.take():
+            with self._lock:
+                self.counts["rate_limited"] += 1
+            return
         try:
             self._queue.put_nowait(payload)
         except queue.Full:
-            self._warn.warning("control: too many messages waiting; dropping one")
+            with self._lock:
+                self.counts["rate_limited"] += 1
 
     # -- the frame loop ----------------------------------------------------------------------
 
-    def poll(self) -> None:
-        while True:
+    def poll(self, now: float | None = None) -> None:
+        """Between two frames: at most ``MAX_PER_POLL`` messages, the rate-limit answer, a
+        coalesced write. Never raises."""
+        now = time.monotonic() if now is None else now
+        for _ in range(MAX_PER_POLL):
             try:
                 payload = self._queue.get_nowait()
             except queue.Empty:
-                return
-            self.handle(payload)
+                break
+            try:
+                self.handle(payload)
+            except Exception as err:  # a bug: the message is lost, the daemon goes on
+                self._log.error(
+                    "handle", f"control: handling a message failed: {one_line(repr(err))}"
+                )
+        try:
+            self._answer_rate_limited(now)
+            if self._dirty and now - self._written_at >= PERSIST_INTERVAL_S:
+                self._write(now)
+        except Exception as err:  # a bug
+            self._log.error("poll", f"control: {one_line(repr(err))}")
+
+    def _answer_rate_limited(self, now: float) -> None:
+        with self._lock:
+            limited = self.counts["rate_limited"]
+        new = limited - self._limited_answered
+        if new <= 0 or now - self._limited_at < RATE_ANSWER_S:
+            return
+        self._limited_answered, self._limited_at = limited, now
+        problem = (
+            f"(top level): rate limit: {new} message(s) refused (more than {RATE:g} a second; "
+            f"{limited} since start)"
+        )
+        self._log.warning("rate", f"control: {problem}")
+        answer = {"schema": events.SCHEMA, "device": self.device, "ok": False, "errors": [problem]}
+        answer["ts"] = events.iso_utc(time.time())
+        self.publisher.publish(self.topics.control_result, events.dumps(answer), qos=1)
 
     def handle(self, payload: bytes) -> dict[str, Any]:
         """Validate, apply, answer on ``set/result``; returns the answer."""
         answer: dict[str, Any] = {"schema": events.SCHEMA, "device": self.device}
-        data: Any = None
         try:
-            if len(payload) > MAX_PAYLOAD:
-                raise ControlError([f"(top level): larger than {MAX_PAYLOAD} bytes"])
-            try:
-                data = json.loads(payload)
-            except (ValueError, UnicodeDecodeError) as err:
-                raise ControlError([f"(top level): not valid JSON ({err})"]) from None
-            if not isinstance(data, dict):
-                raise ControlError(["(top level): must be a JSON object"])
-            if isinstance(data.get("id"), str | int) and not isinstance(data["id"], bool):
-                answer["id"] = data["id"]
+            data = parse(payload)
+            msg_id = _echo_id(data)
+            if msg_id is not None:
+                answer["id"] = msg_id
             answer.update(self._act(data))
         except ControlError as err:
             answer.update(ok=False, errors=err.problems)
-            log.warning("control message refused: %s", "; ".join(err.problems))
+            self._log.warning("refused", "control message refused: " + "; ".join(err.problems))
+        with self._lock:
+            self.counts["handled"] += 1
+            if not answer.get("ok"):
+                self.counts["refused"] += 1
         answer["ts"] = events.iso_utc(time.time())
         self.publisher.publish(self.topics.control_result, events.dumps(answer), qos=1)
         return answer
@@ -282,16 +433,21 @@ class Control:
         persisted = False
         if persist and applied:
             saved = _merge(self.saved, applied)
-            try:
-                write_atomically(self.path, saved)
-            except OSError as err:
-                raise ControlError([f"persist: cannot write {self.path}: {err}"]) from None
-            self.saved, persisted = saved, True
+            previous, self.saved, self._dirty = self.saved, saved, True
+            if time.monotonic() - self._written_at >= PERSIST_INTERVAL_S:
+                try:  # nothing written lately: now, so that an error is in the answer
+                    self._write(raise_errors=True)
+                except OSError as err:
+                    self.saved, self._dirty = previous, False
+                    raise ControlError(
+                        [f"persist: cannot write {self.path}: {one_line(err)}"]
+                    ) from None
+            persisted = True  # else written within PERSIST_INTERVAL_S (poll) or at stop
         if applied:
             self._set(settings)
             log.info(
                 "control: %s%s",
-                json.dumps(applied, separators=(",", ":")),
+                one_line(_compact(applied), 500),
                 f" (saved in {self.path})" if persisted else "",
             )
         if command is not None:
@@ -299,12 +455,25 @@ class Control:
             applied["command"] = command
         return {"ok": True, "applied": applied, "persisted": persisted}
 
+    def _write(self, now: float | None = None, *, raise_errors: bool = False) -> None:
+        self._written_at = time.monotonic() if now is None else now
+        self._dirty = False
+        try:
+            if self.saved:
+                write_atomically(self.path, self.saved)
+            else:
+                self.path.unlink(missing_ok=True)
+        except OSError as err:
+            if raise_errors:
+                raise
+            self._log.warning("persist", f"control: cannot write {self.path}: {one_line(err)}")
+
     def _reset(self) -> dict[str, Any]:
         try:
             self.path.unlink(missing_ok=True)
         except OSError as err:
-            raise ControlError([f"command: cannot remove {self.path}: {err}"]) from None
-        self.saved = {}
+            raise ControlError([f"command: cannot remove {self.path}: {one_line(err)}"]) from None
+        self.saved, self._dirty = {}, False
         self._set(self.base)
         log.info("control: back to the config file's settings (%s removed)", self.path)
         return {"ok": True, "applied": {"command": "reset"}, "persisted": False}
@@ -312,3 +481,7 @@ class Control:
     def _set(self, settings: Settings) -> None:
         self.current = settings
         self._apply(settings)
+
+
+def _compact(obj: Any) -> str:
+    return events.dumps(obj).decode("utf-8")

@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -19,8 +20,10 @@ import numpy as np
 
 from edged import events
 from edged.capture import Capture, SourceHealth
-from edged.config import Config
+from edged.config import Config, check_files, load_config
 from edged.control import Control, Settings
+from edged.errors import ConfigError
+from edged.guard import KindLog, one_line
 from edged.homeassistant import Discovery
 from edged.instance import InstanceLock
 from edged.model.classifier import Classifier
@@ -62,8 +65,13 @@ class Daemon:
         *,
         classifier: Classifier | None = None,
         notifier: Notifier | None = None,
+        config_path: Path | None = None,
     ) -> None:
         self.cfg = cfg
+        self.config_path = config_path  # what a reload (SIGHUP) reads again
+        self.running = False  # set once run() starts the MQTT client (edged.lifecycle)
+        self.reexec = False  # run() returned for a reload: the caller executes edged again
+        self._reload = threading.Event()
         # One daemon per state dir (exit status 4 for a second one), before anything in it is
         # opened; held until run() ends (edged.instance).
         self.instance = InstanceLock(cfg.state_dir)
@@ -140,6 +148,7 @@ class Daemon:
             discard=self.preparer.release,
         )
         self._stop = threading.Event()
+        self._guard_log = KindLog(log)
         self.seq = self.seqs.last
         self.processed = 0
         self._state: str | None = None
@@ -154,6 +163,35 @@ class Daemon:
     def install_signal_handlers(self) -> None:
         signal.signal(signal.SIGTERM, self.request_stop)
         signal.signal(signal.SIGINT, self.request_stop)
+
+    def request_reload(self) -> None:
+        """SIGHUP (any thread or a signal handler): the frame loop checks the config file and
+        its model and, if both are good, stops for a reload (:attr:`reexec`)."""
+        self._reload.set()
+
+    def _try_reload(self) -> None:
+        self._reload.clear()
+        path = self.config_path
+        if path is None:
+            log.warning("reload requested: no config file to read again; going on")
+            return
+        try:
+            cfg = load_config(path)
+            problems = check_files(cfg)
+            if problems:
+                raise ConfigError(problems)
+            Classifier.from_config(cfg.model)  # loads, checks, is dropped
+        except ConfigError as err:
+            log.error(
+                "reload refused, going on as before: %s", one_line("; ".join(err.problems), 500)
+            )
+            return
+        except Exception as err:
+            log.error("reload refused, going on as before: %s", one_line(err, 500))
+            return
+        log.info("reloading: %s and its model are good; restarting in place", path)
+        self.reexec = True
+        self._stop.set()
 
     def run(self) -> int:
         info = self.classifier.info
@@ -172,6 +210,7 @@ class Daemon:
         # happen now, not in the first frame's latency.
         w, h = self.classifier.input_size()
         self.classifier.classify(np.zeros((h, w, 3), np.uint8), 1)
+        self.running = True  # signals now stop or reload cleanly (edged.lifecycle)
         self.publisher.start()
         if self.updater is not None:
             self.updater.start()
@@ -185,13 +224,19 @@ class Daemon:
             if self.post.error is not None:
                 raise self.post.error
         finally:
-            self.notifier.stopping()
+            if self.reexec:
+                self.notifier.reloading()
+            else:
+                self.notifier.stopping()
             self.capture.stop()
             self.post.close(0.5)
+            if self.control is not None:
+                self.control.close()  # a coalesced overrides.json write still pending
             if self.updater is not None:
                 self.updater.stop()
             self.stats.stop()
-            self.publisher.stop()
+            # A reload leaves "online": the same daemon is back within seconds.
+            self.publisher.stop(availability=None if self.reexec else "stopped")
             self.seqs.close()
             self.instance.release()
             log.info(
@@ -214,6 +259,8 @@ class Daemon:
             if watchdog_s is None or hung is None or now - hung < watchdog_s:
                 self.notifier.watchdog(now)
             frame = cap.get(POLL_S)
+            if self._reload.is_set():
+                self._try_reload()
             self._take_new_model()
             self._take_requests()
             if frame is not None:
@@ -283,7 +330,9 @@ class Daemon:
                 )
                 if label != self._state:
                     self._state = label
-                    self.publisher.publish(self.topics.state, label, qos=1, retain=True)
+                    self.publisher.publish(
+                        self.topics.state, events.utf8(label), qos=1, retain=True
+                    )
                 log.debug("published seq=%d %s %.3f (%s)", self.seq, label, score, reason)
         if monitor is not None:
             monitor.observe(top, frame.image)
@@ -300,13 +349,20 @@ class Daemon:
     # -- model updates (edged.update) -------------------------------------------------------
 
     def _on_message(self, topic: str, payload: bytes) -> None:
-        # paho's thread: each of these only queues or flags
-        if self.control is not None and self.control.wants(topic):
-            self.control.on_message(topic, payload)
-        elif self.ha is not None and self.ha.wants(topic):
-            self.ha.on_message(topic, payload)
-        elif self.updater is not None:
-            self.updater.on_message(topic, payload)
+        # paho's thread: each of these only queues or flags, and none may raise into paho
+        # (a handler's bug costs that message and a rate-limited log line, nothing more).
+        try:
+            if self.control is not None and self.control.wants(topic):
+                self.control.on_message(topic, payload)
+            elif self.ha is not None and self.ha.wants(topic):
+                self.ha.on_message(topic, payload)
+            elif self.updater is not None:
+                self.updater.on_message(topic, payload)
+        except Exception as err:
+            self._guard_log.error(
+                "message",
+                f"handling a message on {one_line(topic, 120)} failed: {one_line(repr(err))}",
+            )
 
     def _take_new_model(self) -> None:
         """Between two frames: swap in a model the update thread loaded (a pointer swap)."""
@@ -337,11 +393,15 @@ class Daemon:
         self.stats.start()
 
     def _take_requests(self) -> None:
-        """Between two frames: control messages, Home Assistant's birth message."""
+        """Between two frames: control messages, Home Assistant's birth message (neither may
+        stop the frame loop)."""
         if self.control is not None:
             self.control.poll()
         if self.ha is not None:
-            self.ha.poll(self.classifier.info)
+            try:
+                self.ha.poll(self.classifier.info)
+            except Exception as err:  # a bug: the announcement is lost, frames go on
+                self._guard_log.error("ha", f"home assistant: {one_line(repr(err))}")
 
     def _apply_settings(self, settings: Settings) -> None:
         with self._settings_lock:  # not while the post thread handles a result

@@ -31,12 +31,18 @@ on ``<discovery_prefix>/status``) arrives -- e.g. after Home Assistant or the br
 and lost them -- and after a model update. :meth:`Discovery.remove` (the ``ha_remove`` control
 command) publishes an empty retained payload to every config topic, which makes Home Assistant
 delete the entities; birth messages are then ignored until ``ha_announce`` or a restart.
+
+The status topic is open to any client with publish rights: a payload other than ``online``
+(after stripping whitespace) is ignored, whatever it holds, and birth messages re-announce at
+most once per ``BIRTH_MIN_INTERVAL_S`` (one arriving sooner is acted on when that time is up),
+so a flood of them costs a flag, not a flood of retained configs.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +57,7 @@ log = logging.getLogger("edged.homeassistant")
 COMPONENT = "sensor"
 OBJECT_IDS = ("label", "score", "fps", "inference_ms", "cpu_temperature", "model_version")
 BIRTH_PAYLOAD = b"online"
+BIRTH_MIN_INTERVAL_S = 5.0  # re-announcements caused by birth messages, at most one per this
 # Home Assistant compares the template's result with payload_available/payload_not_available:
 # "stopped" (clean shutdown) must count as unavailable, like the last will's "offline".
 AVAILABILITY_TEMPLATE = "{{ 'online' if value == 'online' else 'offline' }}"
@@ -193,6 +200,7 @@ class Discovery:
         self.removed = False
         self.announcements = 0
         self._birth = threading.Event()
+        self._birth_announced: float | None = None  # monotonic time of the last one
         self._hw = hardware_model()
 
     @property
@@ -244,15 +252,21 @@ class Discovery:
         return self.cfg.enabled and topic == self.status_topic
 
     def on_message(self, topic: str, payload: bytes) -> None:
-        """paho's thread: note the birth message, nothing more."""
-        if payload.strip() == BIRTH_PAYLOAD:
+        """paho's thread: note the birth message, nothing more (never raises)."""
+        if len(payload) <= 64 and bytes(payload).strip() == BIRTH_PAYLOAD:
             self._birth.set()
 
-    def poll(self, info: ModelInfo) -> None:
-        """Frame loop: announce again after a birth message (unless removed)."""
+    def poll(self, info: ModelInfo, now: float | None = None) -> None:
+        """Frame loop: announce again after a birth message (unless removed), at most once per
+        ``BIRTH_MIN_INTERVAL_S``."""
         if not self._birth.is_set():
             return
+        now = time.monotonic() if now is None else now
+        last = self._birth_announced
+        if last is not None and now - last < BIRTH_MIN_INTERVAL_S:
+            return  # kept pending: announced when the interval is up
         self._birth.clear()
+        self._birth_announced = now
         if self.removed:
             log.info("home assistant is online; entities stay removed (ha_announce restores)")
             return

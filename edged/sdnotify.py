@@ -41,6 +41,11 @@ class Notifier:
     def stopping(self) -> None:
         self.notify("STOPPING=1")
 
+    def reloading(self) -> None:
+        """Before executing edged again in place (SIGHUP): READY=1 from the new image ends it."""
+        usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+        self.notify(f"RELOADING=1\nMONOTONIC_USEC={usec}")
+
     def watchdog(self, now: float | None = None) -> None:
         """Ping at most twice per watchdog interval."""
         if self.watchdog_s is None:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from tests.broker import Mosquitto, MosquittoNotInstalled, Subscriber, find_mosquitto
 from tests.daemon import DaemonProcess, write_config
@@ -73,3 +75,19 @@ def start_daemon(tmp_path: Path) -> Iterator[Callable[..., DaemonProcess]]:
     yield start
     for p in procs:
         p.close()
+
+
+# -- Hypothesis profiles: "ci" (default, short: the whole CI stays well under its budget) and
+# "deep" (a local fuzz campaign): HYPOTHESIS_PROFILE=deep pytest tests/test_fuzz_handlers.py
+_SLOW_OK = [HealthCheck.too_slow, HealthCheck.function_scoped_fixture, HealthCheck.data_too_large]
+settings.register_profile(
+    "ci", max_examples=60, deadline=None, suppress_health_check=_SLOW_OK, print_blob=True
+)
+settings.register_profile(
+    "deep",
+    max_examples=int(os.environ.get("HYPOTHESIS_EXAMPLES", "20000")),
+    deadline=None,
+    suppress_health_check=_SLOW_OK,
+    print_blob=True,
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))

@@ -43,6 +43,7 @@ def unit() -> dict[str, list[str]]:
         ("NotifyAccess", "main"),
         ("WatchdogSec", "30"),
         ("ExecStart", "/opt/edged/venv/bin/edged run -c /etc/edged/edged.toml"),
+        ("ExecReload", "/bin/kill -HUP $MAINPID"),
         ("Restart", "on-failure"),
         ("RestartSec", "5"),
         ("DynamicUser", "yes"),

@@ -16,11 +16,17 @@ from pydantic import ValidationError
 
 from edged.config.models import Config, FilesSource
 from edged.errors import ConfigError
+from edged.guard import one_line
 
 ENV_PREFIX = "EDGED_"
+MAX_CONFIG_BYTES = 1024 * 1024  # a larger config file is refused
+MAX_ENV_VALUE = 64 * 1024  # a longer EDGED_* value is refused
+MAX_DEPTH = 16  # nesting of tables and arrays (the schema needs 4)
 
 # Union members pydantic names in an error's location (``source.device.int``): not keys.
-_UNION_TAGS = frozenset({"int", "str", "float", "bool"})
+_UNION_TAGS = frozenset(
+    {"int", "str", "float", "bool", "constrained-str", "constrained-int", "constrained-float"}
+)
 
 
 def format_validation_error(err: ValidationError) -> list[str]:
@@ -32,12 +38,28 @@ def format_validation_error(err: ValidationError) -> list[str]:
             loc = [loc[0], *loc[2:]]
         if len(loc) >= 2 and loc[-1] in _UNION_TAGS:
             loc = loc[:-1]  # one problem, one line: the members' messages are joined
-        path = ".".join(loc) or "(top level)"
-        msg = e["msg"].replace("Value error, ", "")
+        path = one_line(".".join(one_line(p, 64) for p in loc), 200) or "(top level)"
+        msg = one_line(e["msg"].replace("Value error, ", ""), 300)
         problems.setdefault(path, [])
         if msg not in problems[path]:
             problems[path].append(msg)
-    return [f"{path}: {'; or '.join(msgs)}" for path, msgs in problems.items()]
+    lines = [f"{path}: {'; or '.join(msgs)}" for path, msgs in problems.items()]
+    return lines if len(lines) <= 20 else [*lines[:20], f"(and {len(lines) - 20} more problems)"]
+
+
+def _depth(obj: Any) -> int:
+    """Nesting depth of dicts/lists, without recursion."""
+    deepest, stack = 0, [(obj, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict | list):
+            depth += 1
+            deepest = max(deepest, depth)
+            if depth <= MAX_DEPTH:
+                stack.extend(
+                    (v, depth) for v in (node.values() if isinstance(node, dict) else node)
+                )
+    return deepest
 
 
 def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
@@ -47,14 +69,18 @@ def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
         if not key.startswith(ENV_PREFIX) or key == "EDGED_CONFIG":
             continue
         parts = [p.lower() for p in key[len(ENV_PREFIX) :].split("__")]
-        if not all(parts):
+        if not all(parts) or len(parts) > MAX_DEPTH:
             continue
+        if len(raw) > MAX_ENV_VALUE:
+            raise ConfigError([f"{one_line(key, 64)}: longer than {MAX_ENV_VALUE} characters"])
         value: Any = raw
         if raw[:1] in "[{":
             try:
                 value = json.loads(raw)
-            except json.JSONDecodeError:
+            except (ValueError, RecursionError):  # kept as text: validation names the key
                 value = raw
+            if _depth(value) > MAX_DEPTH:
+                raise ConfigError([f"{one_line(key, 64)}: nested deeper than {MAX_DEPTH} levels"])
         node = tree
         for p in parts[:-1]:
             child = node.setdefault(p, {})
@@ -77,25 +103,36 @@ def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
 
 def parse_config(data: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> Config:
     merged = _merge(dict(data), env_overrides(os.environ if environ is None else environ))
+    if _depth(merged) > MAX_DEPTH:
+        raise ConfigError([f"(top level): nested deeper than {MAX_DEPTH} levels"])
     try:
         return Config.model_validate(merged)
     except ValidationError as err:
         raise ConfigError(format_validation_error(err)) from None
+    except (RecursionError, ValueError, TypeError, OverflowError) as err:
+        raise ConfigError([f"(top level): {one_line(err)}"]) from None
 
 
 def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Config:
     """Read, merge environment overrides, validate; relative paths resolve against the file."""
     try:
         with path.open("rb") as fh:
-            data = tomllib.load(fh)
+            raw = fh.read(MAX_CONFIG_BYTES + 1)
+        if len(raw) > MAX_CONFIG_BYTES:
+            raise ConfigError([f"{path}: larger than {MAX_CONFIG_BYTES} bytes"])
+        data = tomllib.loads(raw.decode("utf-8"))
     except FileNotFoundError:
         raise ConfigError([f"{path}: no such config file"]) from None
     except OSError as err:
         raise ConfigError([f"{path}: cannot read ({err.strerror})"]) from None
     except tomllib.TOMLDecodeError as err:
-        raise ConfigError([f"{path}: invalid TOML ({err})"]) from None
+        raise ConfigError([f"{path}: invalid TOML ({one_line(err, 300)})"]) from None
     except UnicodeDecodeError as err:
         raise ConfigError([f"{path}: invalid TOML (not UTF-8 at byte {err.start})"]) from None
+    except RecursionError:
+        raise ConfigError([f"{path}: invalid TOML (nested too deeply)"]) from None
+    except ValueError as err:  # e.g. an integer too long to convert
+        raise ConfigError([f"{path}: invalid TOML ({one_line(err, 300)})"]) from None
     cfg = parse_config(data, environ)
     return resolve_paths(cfg, path.resolve().parent)
 

@@ -2,39 +2,68 @@
 
 Unknown keys are rejected everywhere (``extra="forbid"``). Reading, environment overrides and
 error messages are in :mod:`edged.config.load`.
+
+Untrusted values (a config file, the environment, ``overrides.json``, control messages) are
+bounded here: no float may be NaN or infinite, every number has an upper bound (durations at
+most ``MAX_SECONDS``), and text must be valid Unicode (no lone surrogates) of bounded length.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 DEVICE_ID_PATTERN = r"^[a-z0-9][a-z0-9-]{0,31}$"
+MAX_SECONDS = 86400.0  # the longest duration any setting takes (one day)
+MAX_TEXT = 4096  # the longest string setting
+
+
+def _check_text(value: Any) -> Any:
+    if isinstance(value, Path) and "\x00" in str(value):
+        raise ValueError("a path must not contain a NUL character")
+    if isinstance(value, str):
+        if len(value) > MAX_TEXT:
+            raise ValueError(f"longer than {MAX_TEXT} characters")
+        if any(0xD800 <= ord(c) <= 0xDFFF for c in value):
+            raise ValueError("not valid Unicode (a lone surrogate: undecodable bytes?)")
+    return value
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _text(cls, value: Any) -> Any:
+        if isinstance(value, list | tuple):
+            for item in value:
+                _check_text(item)
+        return _check_text(value)
 
 
 class Roi(_Section):
     """Region of interest cropped from each frame before inference (pixels of the raw frame)."""
 
-    x: int = Field(0, ge=0, description="Left edge in pixels.")
-    y: int = Field(0, ge=0, description="Top edge in pixels.")
-    width: int = Field(..., gt=0, description="Width in pixels.")
-    height: int = Field(..., gt=0, description="Height in pixels.")
+    x: int = Field(0, ge=0, le=65535, description="Left edge in pixels.")
+    y: int = Field(0, ge=0, le=65535, description="Top edge in pixels.")
+    width: int = Field(..., gt=0, le=65535, description="Width in pixels.")
+    height: int = Field(..., gt=0, le=65535, description="Height in pixels.")
 
 
 class _SourceBase(_Section):
     roi: Roi | None = Field(None, description="Optional crop applied before rotation.")
     rotate: Literal[0, 90, 180, 270] = Field(0, description="Clockwise rotation in degrees.")
     read_timeout_s: float = Field(
-        5.0, gt=0, description="A read that takes longer than this is a fault."
+        5.0, gt=0, le=MAX_SECONDS, description="A read that takes longer than this is a fault."
     )
-    retry_min_s: float = Field(0.5, gt=0, description="First retry delay after a source fault.")
-    retry_max_s: float = Field(30.0, gt=0, description="Longest retry delay (exponential backoff).")
+    retry_min_s: float = Field(
+        0.5, gt=0, le=MAX_SECONDS, description="First retry delay after a source fault."
+    )
+    retry_max_s: float = Field(
+        30.0, gt=0, le=MAX_SECONDS, description="Longest retry delay (exponential backoff)."
+    )
 
 
 class FilesSource(_SourceBase):
@@ -51,10 +80,15 @@ class OpenCVSource(_SourceBase):
     device: int | str = Field(
         0, description="V4L2 device index (0 = /dev/video0), an rtsp:// or http:// URL, or a file."
     )
-    width: int | None = Field(None, gt=0, description="Requested capture width (device sources).")
-    height: int | None = Field(None, gt=0, description="Requested capture height.")
+    width: int | None = Field(
+        None, gt=0, le=65535, description="Requested capture width (device sources)."
+    )
+    height: int | None = Field(None, gt=0, le=65535, description="Requested capture height.")
     fps: float | None = Field(
-        None, gt=0, description="Cap on frames per second read (None = as fast as the source)."
+        None,
+        gt=0,
+        le=1000,
+        description="Cap on frames per second read (None = as fast as the source).",
     )
     loop: bool = Field(False, description="Rewind a video file at its end.")
 
@@ -62,7 +96,7 @@ class OpenCVSource(_SourceBase):
 class Picamera2Source(_SourceBase):
     type: Literal["picamera2"] = Field("picamera2", description="Source type.")
     camera: int = Field(
-        0, ge=0, description="Camera index as listed by Picamera2.global_camera_info()."
+        0, ge=0, le=64, description="Camera index as listed by Picamera2.global_camera_info()."
     )
     main_size: tuple[int, int] = Field(
         (1280, 960), description="Main stream size; the lores stream is sized to the model input."
@@ -89,10 +123,14 @@ class ModelConfig(_Section):
     )
     top_k: int = Field(3, ge=1, le=100, description="How many classes each prediction lists.")
     mean: list[float] | None = Field(
-        None, description="Per-channel mean subtracted from 0-255 pixels (overrides metadata)."
+        None,
+        max_length=4,
+        description="Per-channel mean subtracted from 0-255 pixels (overrides metadata).",
     )
     std: list[float] | None = Field(
-        None, description="Per-channel std dividing 0-255 pixels (overrides metadata)."
+        None,
+        max_length=4,
+        description="Per-channel std dividing 0-255 pixels (overrides metadata).",
     )
     softmax: Literal["auto", "yes", "no"] = Field(
         "auto",
@@ -126,14 +164,14 @@ class MqttConfig(_Section):
     )
     tls: TlsConfig | None = Field(None, description="Enable TLS with these files.")
     keepalive_s: int = Field(30, ge=5, le=65535, description="MQTT keepalive in seconds.")
-    reconnect_min_s: float = Field(1.0, gt=0, description="First reconnect delay.")
-    reconnect_max_s: float = Field(30.0, gt=0, description="Longest reconnect delay.")
+    reconnect_min_s: float = Field(1.0, gt=0, le=3600, description="First reconnect delay.")
+    reconnect_max_s: float = Field(30.0, gt=0, le=3600, description="Longest reconnect delay.")
     topic_prefix: str = Field(
         "edged",
         pattern=r"^[^#+\x00]+$",
         description="Topics are <prefix>/<device_id>/...; no wildcards.",
     )
-    connect_timeout_s: float = Field(10.0, gt=0, description="Used by 'edged check'.")
+    connect_timeout_s: float = Field(10.0, gt=0, le=3600, description="Used by 'edged check'.")
 
     @model_validator(mode="after")
     def _password_once(self) -> MqttConfig:
@@ -154,13 +192,21 @@ class PublishConfig(_Section):
     min_score: float = Field(
         0.0, ge=0, le=1, description="Results whose top score is below this are not published."
     )
-    agree_n: int = Field(3, ge=1, description="change mode: a new label needs N of the last M.")
-    agree_m: int = Field(5, ge=1, description="change mode: window size M.")
+    agree_n: int = Field(
+        3, ge=1, le=100, description="change mode: a new label needs N of the last M."
+    )
+    agree_m: int = Field(5, ge=1, le=100, description="change mode: window size M (at most 100).")
     min_interval_s: float = Field(
-        0.0, ge=0, description="At most one prediction per this many seconds (0 = no limit)."
+        0.0,
+        ge=0,
+        le=MAX_SECONDS,
+        description="At most one prediction per this many seconds (0 = no limit).",
     )
     heartbeat_s: float = Field(
-        60.0, ge=0, description="Re-publish the current label after this much silence (0 = never)."
+        60.0,
+        ge=0,
+        le=MAX_SECONDS,
+        description="Re-publish the current label after this much silence (0 = never).",
     )
     qos: Literal[0, 1, 2] = Field(1, description="QoS of prediction messages.")
     spool: bool = Field(
@@ -169,11 +215,15 @@ class PublishConfig(_Section):
         "<state_dir>/spool.sqlite3, so they survive restarts and power cuts (false: memory only).",
     )
     spool_max_messages: int = Field(
-        100000, ge=1, description="Most messages in the spool; the oldest are dropped first."
+        100000,
+        ge=1,
+        le=100_000_000,
+        description="Most messages in the spool; the oldest are dropped first.",
     )
     spool_max_bytes: int = Field(
         32 * 1024 * 1024,
         ge=1024,
+        le=2**40,
         description="Most bytes (topic + payload) in the spool; the oldest are dropped first.",
     )
     spool_sync: Literal["full", "normal"] = Field(
@@ -184,12 +234,14 @@ class PublishConfig(_Section):
     queue_max: int = Field(
         10000,
         ge=1,
+        le=10_000_000,
         description="Most messages held in memory (all of them without a spool; with one, "
         "those not yet written); the oldest are dropped first.",
     )
     queue_max_bytes: int = Field(
         8 * 1024 * 1024,
         ge=1024,
+        le=2**36,
         description="Most bytes (topic + payload) held in memory, as queue_max.",
     )
 
@@ -211,10 +263,12 @@ class UpdateConfig(_Section):
     )
     groups: list[GroupName] = Field(
         default_factory=list,
+        max_length=64,
         description="Groups whose offers apply too: <prefix>/group/<name>/update/offer.",
     )
     trusted_keys: list[Path] = Field(
         default_factory=list,
+        max_length=64,
         description="Ed25519 public keys (PEM) whose signatures are accepted on bundles "
         "and rollback commands.",
     )
@@ -225,26 +279,37 @@ class UpdateConfig(_Section):
         True, description="Refuse bundles whose manifest has no golden test vector."
     )
     max_bundle_bytes: int = Field(
-        64 * 1024 * 1024, gt=0, description="Largest bundle accepted (checked from the offer)."
+        64 * 1024 * 1024,
+        gt=0,
+        le=2**40,
+        description="Largest bundle accepted (checked from the offer).",
     )
     validate_timeout_s: float = Field(
-        30.0, gt=0, description="Wall-clock limit of the validation subprocess."
+        30.0, gt=0, le=MAX_SECONDS, description="Wall-clock limit of the validation subprocess."
     )
     validate_memory_mb: int = Field(
-        1024, ge=128, description="Address-space limit (RLIMIT_AS) of the validation subprocess."
+        1024,
+        ge=128,
+        le=2**20,
+        description="Address-space limit (RLIMIT_AS) of the validation subprocess.",
     )
     transfer_timeout_s: float = Field(
-        120.0, gt=0, description="A transfer without a new chunk for this long is given up."
+        120.0,
+        gt=0,
+        le=MAX_SECONDS,
+        description="A transfer without a new chunk for this long is given up.",
     )
     monitor_frames: int = Field(
         10,
         ge=0,
+        le=100_000,
         description="Roll back when this many consecutive outputs of a new model are "
         "non-finite or identical (0 = off).",
     )
     probation_frames: int = Field(
         100,
         ge=0,
+        le=10_000_000,
         description="Frames a new model is watched for such outputs; it counts as proven after.",
     )
 
@@ -281,6 +346,7 @@ class StatsConfig(_Section):
     interval_s: float = Field(
         60.0,
         ge=0,
+        le=MAX_SECONDS,
         description="Publish retained stats on <prefix>/<device_id>/stats every this many "
         "seconds (0 = off; at least 0.5 otherwise).",
     )

@@ -197,10 +197,12 @@ class Publisher(MqttSession):
         if client is not None:
             client.unsubscribe(topic)
 
-    def stop(self, timeout: float = 1.5) -> None:
+    def stop(self, timeout: float = 1.5, availability: str | None = "stopped") -> None:
         """Flush what can be flushed within ``timeout``, publish availability ``stopped`` and
         disconnect cleanly (no will). If ``stopped`` cannot be delivered in time, the broker is
-        left to publish the will (``offline``) instead of a stale ``online``."""
+        left to publish the will (``offline``) instead of a stale ``online``.
+        ``availability=None`` (a reload: the daemon is back at once) publishes nothing and
+        leaves the retained ``online``."""
         client = self._client
         with self._cond:
             if client is None or self._stopped:
@@ -225,10 +227,10 @@ class Publisher(MqttSession):
         if self._sender is not None:
             self._sender.join(max(0.1, deadline - time.monotonic()))
 
-        stopped_ok = False
-        if self._connected:
+        stopped_ok = availability is None
+        if self._connected and availability is not None:
             with self._send_lock:
-                info = client.publish(self.topics.availability, "stopped", qos=1, retain=True)
+                info = client.publish(self.topics.availability, availability, qos=1, retain=True)
                 with self._cond:
                     self._forget_mid(info.mid)
             while self._connected and not info.is_published() and time.monotonic() < deadline:

@@ -417,7 +417,12 @@ class MqttSession:
     ) -> None:
         if self._on_message is None:
             return
+        # Nothing may raise into paho's thread (it would end the network loop): a handler that
+        # raises costs its message and one log line per WARN_INTERVAL_S at most.
+        topic = "?"
         try:
-            self._on_message(message.topic, bytes(message.payload))
+            topic = message.topic  # paho decodes it as UTF-8: may raise
+            self._on_message(topic, bytes(message.payload))
         except Exception as err:
-            log.error("handler for a message on %s failed: %r", message.topic, err)
+            self._warn.warning(f"a message handler failed: {type(err).__name__}")
+            log.debug("handler for a message on %r failed: %r", topic, err)

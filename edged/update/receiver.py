@@ -92,6 +92,8 @@ class Receiver:
         except OfferError as err:
             digest = hashlib.sha256(payload).hexdigest()
             if digest not in self._bad:
+                if len(self._bad) >= 1024:  # bounded: a flood of distinct junk offers
+                    self._bad.clear()
                 self._bad.add(digest)
                 self._malformed(str(err))
             return

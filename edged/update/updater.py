@@ -24,6 +24,7 @@ import numpy as np
 from edged import events
 from edged.config import Config
 from edged.errors import BundleError, EdgedError
+from edged.guard import KindLog, one_line
 from edged.model.bundle import read_bundle
 from edged.model.classifier import Classifier
 from edged.publish.mqtt import Publisher
@@ -44,6 +45,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("edged.update")
 
 ACCEPTED, REJECTED, ROLLED_BACK = "accepted", "rejected", "rolled_back"
+MAX_QUEUED_REQUESTS = 64  # offers and commands waiting for the update thread (flood bound)
 
 
 def warm_up(clf: Classifier) -> None:
@@ -72,6 +74,9 @@ class Updater:
         self.state = state
         self._boot_note = boot.rolled_back
         self._queue: queue.Queue[tuple[Any, ...]] = queue.Queue()
+        self._requests = 0  # offers and commands in _queue (bounded: MAX_QUEUED_REQUESTS)
+        self._requests_lock = threading.Lock()
+        self._limited = KindLog(log)
         self.receiver = Receiver(
             self.store,
             publisher,
@@ -132,13 +137,28 @@ class Updater:
     # -- inputs from other threads -------------------------------------------------------------
 
     def on_message(self, topic: str, payload: bytes) -> None:
-        """paho's network thread: sort and queue, nothing more."""
-        if topic == self.topics.update_command:
-            self._queue.put(("command", payload))
-            return
-        match = self.receiver.match(topic)
-        if match is not None:
-            self._queue.put((*match, payload))
+        """paho's network thread: sort and queue, nothing more. Never raises; at most
+        ``MAX_QUEUED_REQUESTS`` offers and commands wait (a flood beyond is dropped, logged
+        at most once per 10 s)."""
+        try:
+            if topic == self.topics.update_command:
+                item: tuple[Any, ...] = ("command", payload)
+            else:
+                match = self.receiver.match(topic)
+                if match is None:
+                    return
+                item = (*match, payload)
+            if item[0] != "chunk":
+                with self._requests_lock:
+                    if self._requests >= MAX_QUEUED_REQUESTS:
+                        self._limited.warning(
+                            "flood", "updates: too many offers/commands waiting; dropping one"
+                        )
+                        return
+                    self._requests += 1
+            self._queue.put(item)
+        except Exception as err:  # a bug: this message is lost, paho's thread goes on
+            self._limited.error("message", f"updates: a message failed: {one_line(repr(err))}")
 
     def _monitor(self, record: ModelRecord) -> ServiceMonitor:
         tid = record.transfer_id
@@ -160,11 +180,22 @@ class Updater:
                 item = ("tick",)
             if item[0] == "stop":
                 break
-            try:
-                getattr(self, f"_on_{item[0]}")(*item[1:])
-                self.receiver.tick()
-            except Exception:  # a bug: keep the daemon and the update thread alive
-                log.exception("update thread: handling %s failed", item[0])
+            self._step(item)
+
+    def _step(self, item: tuple[Any, ...]) -> None:
+        """One queued item on the update thread; nothing it holds can raise out of here."""
+        if item[0] in ("offer", "command"):
+            with self._requests_lock:
+                self._requests -= 1
+        try:
+            getattr(self, f"_on_{item[0]}")(*item[1:])
+            self.receiver.tick()
+        except Exception as err:  # a bug: keep the daemon and the update thread alive
+            self._limited.error(
+                f"step-{item[0]}",
+                f"update thread: handling {item[0]} failed: {one_line(repr(err))}",
+            )
+            log.debug("update thread: handling %s failed", item[0], exc_info=True)
 
     def _on_tick(self) -> None:
         pass

@@ -30,6 +30,8 @@ from typing import Any
 
 EXIT_OK, EXIT_INVALID = 0, 1
 NICE = 10  # the child's CPU priority below the daemon's
+PARENT_ENV = "EDGED_VALIDATOR_PARENT"  # the daemon's pid, for the child's parent check
+EXIT_ORPHAN = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +87,7 @@ class Validator:
         env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
         # One BLAS/OpenMP thread: thread pools reserve address space the limit is about.
         env.update(OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1")
+        env[PARENT_ENV] = str(os.getpid())  # the child dies with the daemon (die_with_parent)
         t0 = time.monotonic()
         with self._lock:
             if self._cancelled:
@@ -148,6 +151,21 @@ def _verdict(rc: int, out: bytes, err: bytes, seconds: float, cancelled: bool) -
 
 
 # -- the child side ----------------------------------------------------------------------------
+
+
+def die_with_parent(environ: dict[str, str] | None = None) -> bool:
+    """Never outlive the daemon: ask the kernel for SIGKILL when the parent dies
+    (``PR_SET_PDEATHSIG``, Linux), then check that it has not died already (before the
+    request). False when the parent is gone: the caller exits."""
+    env = os.environ if environ is None else environ
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(Exception):  # no libc or prctl refused: the check below stays
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+    expected = env.get(PARENT_ENV, "")
+    return not expected.isdigit() or os.getppid() == int(expected)
 
 
 def limit_resources(memory_mb: int, cpu_s: int) -> list[str]:
@@ -248,6 +266,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--softmax", default="auto")
     parser.add_argument("--no-require-golden", dest="require_golden", action="store_false")
     args = parser.parse_args(argv)
+    if not die_with_parent():
+        return EXIT_ORPHAN  # the daemon is gone: nobody waits for a verdict
     warnings = limit_resources(args.memory_mb, args.cpu_s)  # before anything big is loaded
     try:
         data = args.bundle.read_bytes()
