@@ -18,7 +18,7 @@ import numpy as np
 
 from edged.config import OpenCVSource
 from edged.errors import SourceError
-from edged.sources.base import Frame, FrameSource, transform
+from edged.sources.base import Frame, FrameSource, transform, uint8_image
 
 log = logging.getLogger("edged.sources")
 
@@ -202,7 +202,9 @@ class OpenCVFrameSource(FrameSource):
         return np.asarray(image)
 
     def _to_rgb(self, image: np.ndarray) -> np.ndarray:
+        """BGR(A) or gray of any dtype -> RGB uint8; :class:`FrameRejected` if it is no image."""
         cv2 = self._cv2
+        image = uint8_image(image, self.cfg.max_image_pixels)
         if image.ndim == 2:
             rgb = cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
         elif image.shape[2] == 4:
