@@ -79,18 +79,16 @@ def test_hostile_files_never_stop_the_daemon_nor_grow_it(
         time.sleep(0.05)
     assert d.wait(5) == 0, d.log()
     peak_mib = peak / 1024
+    print(f"daemon peak RSS {peak_mib:.0f} MiB")
     assert peak_mib < 400, f"the daemon peaked at {peak_mib:.0f} MiB"
 
-    msgs = sub.wait_count(
-        len(GOOD), 10, predicate=lambda m: m.topic == f"{TOPIC}/prediction"
-    )
+    msgs = sub.wait_count(len(GOOD), 10, predicate=lambda m: m.topic == f"{TOPIC}/prediction")
     events = [json.loads(m.payload.decode("utf-8")) for m in msgs]  # strict UTF-8
     assert sorted(e["frame"] for e in events) == sorted(GOOD.values())
     # Each image was read correctly: its label is the one the model gives the sample itself.
     clf = Classifier.load(DEMO_MODEL)
     want = {
-        frame: clf.classify(load_rgb(samples[i]), 1).label
-        for i, frame in enumerate(GOOD.values())
+        frame: clf.classify(load_rgb(samples[i]), 1).label for i, frame in enumerate(GOOD.values())
     }
     assert {e["frame"]: e["label"] for e in events} == want
     health = [json.loads(m.payload) for m in sub.messages if m.topic == f"{TOPIC}/health"]

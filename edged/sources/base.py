@@ -57,6 +57,7 @@ class FrameSource(abc.ABC):
     def cancel(self) -> None:
         """Called from another thread when a read has taken too long and is abandoned: a source
         that can, makes the pending read return (raise) soon. Default: nothing."""
+        return None
 
     def __enter__(self) -> FrameSource:
         self.open()
@@ -91,7 +92,7 @@ def safe_name(name: object, limit: int = MAX_NAME_CHARS) -> str:
 
     Bytes that are not UTF-8 (Python's surrogate escapes of a file name) become ``\\xNN``,
     lone surrogates ``\\udNNN``; control characters and line/paragraph separators are
-    escaped the same way (``\\x0a`` for a newline), so a name is one line in the log and in
+    escaped as Python writes them (``\\n``, ``\\x1b``, ``\\u2028``), so a name is one line in the log and in
     the event; longer than ``limit`` characters, it is cut and ends in ``...``.
     """
     text = name if isinstance(name, str) else str(name)

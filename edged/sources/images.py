@@ -179,9 +179,12 @@ def to_rgb_array(im: Image.Image) -> np.ndarray:
         return _gray3(stretch_to_uint8(np.asarray(im)))
     if mode in ("1", "L"):
         return _gray3(np.asarray(im.convert("L"), dtype=np.uint8))
-    if mode == "P" and "transparency" in im.info or mode in ("PA", "RGBA", "RGBa"):
-        premultiplied = im.convert("RGBA").convert("RGBa") if mode != "RGBa" else im
-        return np.asarray(premultiplied, dtype=np.uint8)[:, :, :3]
+    if (mode == "P" and "transparency" in im.info) or mode in ("PA", "RGBA", "RGBa"):
+        if mode == "RGBa":
+            premultiplied = im
+        else:
+            premultiplied = (im if mode == "RGBA" else im.convert("RGBA")).convert("RGBa")
+        return np.ascontiguousarray(np.asarray(premultiplied, dtype=np.uint8)[:, :, :3])
     if mode in ("LA", "La"):
         la = np.asarray(im.convert("La") if mode == "LA" else im, dtype=np.uint8)
         return _gray3(la[:, :, 0])

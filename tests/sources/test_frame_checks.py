@@ -127,7 +127,7 @@ def test_opencv_frames_of_other_dtypes_come_out_rgb_uint8(monkeypatch: pytest.Mo
     bgr16 = np.zeros((4, 6, 3), np.uint16)
     bgr16[..., 2] = 60000  # red, 16-bit
     bgr16[0, 0] = 0
-    frames = [bgr16, np.full((4, 6), 0.25, np.float64), np.zeros((4, 6, 2), np.uint8)]
+    frames: list[np.ndarray] = [bgr16, np.full((4, 6), 0.25), np.zeros((4, 6, 2), np.uint8)]
     monkeypatch.setattr(cv2, "VideoCapture", lambda *a, **k: FakeCapture(frames))
     src = OpenCVFrameSource(OpenCVSource(device="/dev/video0"))
     src.open()

@@ -20,7 +20,6 @@ from typing import Any
 
 import cv2
 import numpy as np
-import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -70,7 +69,9 @@ def _make_image(mode: str, size: tuple[int, int], seed: int) -> Image.Image:
     w, h = size
     if mode in ("I;16", "I;16B"):
         data = rng.integers(0, 65536, (h, w), dtype=np.uint16)
-        return Image.frombytes(mode, size, data.astype("<u2" if mode == "I;16" else ">u2").tobytes())
+        return Image.frombytes(
+            mode, size, data.astype("<u2" if mode == "I;16" else ">u2").tobytes()
+        )
     if mode == "I":
         return Image.fromarray(rng.integers(-(2**31), 2**31 - 1, (h, w), dtype=np.int32), "I")
     if mode == "F":
@@ -193,7 +194,8 @@ def frames(draw: st.DrawFn) -> np.ndarray:
             st.sampled_from([(1, 4097), (4097, 1), (64, 65, 3), (1, 1, 3)]),
         )
     )
-    arr = draw(hnp.arrays(np.dtype(draw(DTYPES)), shape, elements=None, fill=None))
+    dtype: Any = draw(DTYPES)
+    arr = draw(hnp.arrays(np.dtype(dtype), shape, elements=None, fill=None))
     view = draw(st.sampled_from(["as is", "step", "reversed", "transposed", "fortran"]))
     if view == "step" and arr.ndim >= 2:
         arr = arr[::2, ::3]
@@ -215,7 +217,7 @@ def test_any_array_becomes_a_model_input_or_one_refusal(arr: np.ndarray) -> None
         assert str(err) and "\n" not in str(err)
         return
     _assert_model_inputs(rgb)
-    h, w = (arr.shape[:2] if arr.ndim >= 2 else (0, 0))
+    h, w = arr.shape[:2] if arr.ndim >= 2 else (0, 0)
     assert rgb.shape[:2] == (h, w)
 
 
@@ -231,7 +233,9 @@ def test_opencv_frames_of_any_kind(arr: np.ndarray) -> None:
     _assert_model_inputs(rgb)
 
 
-@settings(parent=FUZZ, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@settings(
+    parent=FUZZ, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
+)
 @given(arr=frames(), platform=st.sampled_from(["VC4", "PISP"]))
 def test_picamera2_frames_of_any_kind(
     fake_picamera2: ModuleType, arr: np.ndarray, platform: str
