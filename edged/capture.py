@@ -237,6 +237,9 @@ class Capture:
         started = self._read_started
         if started is None or now - started < self._read_timeout:
             return
+        src = self._source
+        if src is not None and (src.pacing or now - src.paced_at < self._read_timeout):
+            return  # waiting for the next frame to be due (fps pacing) is no hang
         self.hung_since = self.hung_since or started
         self._read_started = None
         hung = self._source

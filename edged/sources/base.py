@@ -8,6 +8,7 @@ import re
 import threading
 import time
 import unicodedata
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,6 +45,11 @@ class FrameSource(abc.ABC):
     """
 
     skipped: int = 0  # unreadable inputs skipped (files source)
+    # While ``read`` waits for the next frame to be due (fps pacing, :meth:`pace`), and until
+    # ``paced_at`` (time.monotonic() when that wait ended), the read does not count against
+    # ``read_timeout_s``: a files source at 0.1 fps is not hung.
+    pacing: bool = False
+    paced_at: float = float("-inf")
 
     @abc.abstractmethod
     def open(self) -> None: ...
@@ -53,6 +59,15 @@ class FrameSource(abc.ABC):
 
     @abc.abstractmethod
     def close(self) -> None: ...
+
+    def pace(self, sleep: Callable[[float], None], delay: float) -> None:
+        """``sleep(delay)`` as a pacing wait (see :attr:`pacing`)."""
+        self.pacing = True
+        try:
+            sleep(delay)
+        finally:
+            self.pacing = False
+            self.paced_at = time.monotonic()
 
     def cancel(self) -> None:
         """Called from another thread when a read has taken too long and is abandoned: a source

@@ -209,7 +209,7 @@ class FilesFrameSource(FrameSource):
         self._bad.add(path)
         self.skipped += 1
         self._warn.warning(
-            "files source: skipping image %s: %s", safe_name(str(path)), one_line(err)
+            "files source: skipping unreadable image %s: %s", safe_name(str(path)), one_line(err)
         )
 
     def _wait_until_due(self) -> None:
@@ -219,7 +219,7 @@ class FilesFrameSource(FrameSource):
             self._next_due = now  # first frame, or the consumer fell behind: restart
         delay = self._next_due - now
         if delay > 0:
-            self._sleep(delay)
+            self.pace(self._sleep, delay)
         self._next_due += period
 
     def read(self) -> Frame | None:

@@ -177,7 +177,7 @@ class OpenCVFrameSource(FrameSource):
         self._next_due += period
         if not self.live:
             if due > now:
-                self._sleep(due - now)
+                self.pace(self._sleep, due - now)
             return self._read_one(cap)
         # Live: drain frames until the next one is due, so the one we keep is fresh.
         while self._clock() < due:

@@ -5,18 +5,21 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import cv2
 import numpy as np
 import pytest
+from PIL import Image
 
 from edged.capture import Capture, SourceHealth
-from edged.config import OpenCVSource, Picamera2Source
+from edged.config import FilesSource, OpenCVSource, Picamera2Source
 from edged.errors import FrameRejected
 from edged.model.preprocess import InputSpec, Normalization, Preprocessor
 from edged.sources.base import Frame, FrameSource
+from edged.sources.files import FilesFrameSource
 from edged.sources.opencv import OpenCVFrameSource
 from edged.sources.picamera import Picamera2FrameSource
 
@@ -153,3 +156,32 @@ def test_picamera2_frame_of_another_dtype_is_rejected_not_a_fault(
             src.read()
     finally:
         src.close()
+
+
+def test_a_slow_frame_rate_is_no_hang(tmp_path: Path) -> None:
+    """fps pacing inside read() does not count against read_timeout_s (main: a files source at
+    1 fps with read_timeout_s 0.3 faulted on every read and only ever gave its first image)."""
+    for name in ("a.png", "b.png", "c.png"):
+        Image.new("RGB", (4, 4)).save(tmp_path / name)
+    cfg = FilesSource(path=str(tmp_path), fps=1.0, loop=True, read_timeout_s=0.3)
+    health: list[SourceHealth] = []
+    cap = Capture(
+        lambda: FilesFrameSource(cfg),
+        read_timeout_s=0.3,
+        retry_min_s=0.05,
+        retry_max_s=0.1,
+        on_health=health.append,
+    )
+    cap.start()
+    names = []
+    try:
+        end = time.monotonic() + 3.6
+        while time.monotonic() < end:
+            cap.check_hang(time.monotonic())
+            frame = cap.get(0.05)
+            if frame is not None:
+                names.append(frame.name)
+    finally:
+        cap.stop()
+    assert names[:3] == ["a.png", "b.png", "c.png"], names
+    assert cap.health.faults == 0 and cap.hung_since is None, health

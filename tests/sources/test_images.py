@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import os
+import struct
 import subprocess
 import sys
 import threading
@@ -58,8 +59,12 @@ def _bomb(path: Path, kind: str) -> Path:
         Image.new("1", (13000, 13000), 0).save(path, optimize=True)
     elif kind == "png-gray":
         Image.new("L", (13000, 13000), 0).save(path, compress_level=9)
-    elif kind == "gif":
-        Image.new("P", (13000, 13000), 0).save(path, "GIF")
+    elif kind == "gif":  # a 6x6 GIF whose screen and image descriptor declare 13000x13000
+        small = _encode(Image.new("P", (6, 6), 0), "GIF")
+        big = struct.pack("<HH", 13000, 13000)
+        i = small.index(b"\x2c")  # the image descriptor: ',' left top width height
+        path.write_bytes(small[:6] + big + small[10:i] + b"\x2c" + small[i + 1 : i + 5] + big
+                         + small[i + 9 :])  # fmt: skip
     return path
 
 
