@@ -205,36 +205,47 @@ def stretch_to_uint8(values: np.ndarray) -> np.ndarray:
     """Any real-valued array -> uint8, linearly from its finite min..max to 0..255.
 
     NaN and infinities become 0. A constant array keeps its value: clipped to 0-255, or
-    divided by 257 for 16-bit unsigned data (65535 is white).
+    divided by 257 for 16-bit unsigned data (65535 is white). Computed in float64 blocks of
+    at most 1 Mi values, so the extra memory is bounded whatever the size and dtype.
     """
     if values.dtype == np.uint8:
         return values
     if values.dtype == np.bool_:
         return values.astype(np.uint8) * np.uint8(255)
-    a = values.astype(np.float32)  # a copy; endianness and int widths handled by numpy
-    finite = np.isfinite(a)
-    all_finite = bool(finite.all())
-    if not all_finite:
-        if not finite.any():
-            return np.zeros(a.shape, dtype=np.uint8)
-        a[~finite] = np.nan
-    del finite
-    lo = float(np.nanmin(a) if not all_finite else a.min())
-    hi = float(np.nanmax(a) if not all_finite else a.max())
-    if not (hi > lo):
-        value = lo / 257.0 if values.dtype.kind == "u" and values.dtype.itemsize == 2 else lo
-        out = np.full(a.shape, np.clip(np.rint(value), 0, 255), dtype=np.uint8)
-        if not all_finite:
-            out[np.isnan(a)] = 0
+    if values.ndim == 0 or values.size == 0:
+        return np.zeros(values.shape, dtype=np.uint8)
+    blocks = _row_blocks(values)
+    lo, hi = np.inf, -np.inf
+    for block in blocks:
+        b = values[block].astype(np.float64)
+        finite = b[np.isfinite(b)]
+        if finite.size:
+            lo, hi = min(lo, float(finite.min())), max(hi, float(finite.max()))
+    out = np.zeros(values.shape, dtype=np.uint8)
+    if lo > hi:  # nothing finite
         return out
-    span = hi - lo
-    if not np.isfinite(span):  # float32 overflow of hi - lo: scale in two steps
-        a *= np.float32(0.5)
-        lo, span = lo * 0.5, hi * 0.5 - lo * 0.5
-    np.subtract(a, np.float32(lo), out=a)
-    np.multiply(a, np.float32(255.0 / span), out=a)
-    if not all_finite:
-        np.nan_to_num(a, copy=False, nan=0.0)
-    np.clip(a, 0.0, 255.0, out=a)
-    np.rint(a, out=a)
-    return a.astype(np.uint8)
+    if not hi > lo:  # constant
+        value = lo / 257.0 if values.dtype.kind == "u" and values.dtype.itemsize == 2 else lo
+        level = np.uint8(np.clip(np.rint(value), 0, 255))
+        for block in blocks:
+            out[block][np.isfinite(values[block].astype(np.float64))] = level
+        return out
+    half = not np.isfinite(hi - lo)  # e.g. -1e308..1e308: scale the halves
+    shift, scale = (lo / 2, 255.0 / (hi / 2 - lo / 2)) if half else (lo, 255.0 / (hi - lo))
+    for block in blocks:
+        b = values[block].astype(np.float64)
+        if half:
+            b *= 0.5
+        b -= shift
+        b *= scale
+        np.nan_to_num(b, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
+        np.clip(b, 0.0, 255.0, out=b)
+        out[block] = np.rint(b)
+    return out
+
+
+def _row_blocks(values: np.ndarray) -> list[slice]:
+    """Slices of the first axis holding about 1 Mi values each."""
+    per_row = max(1, values.size // max(1, values.shape[0]))
+    rows = max(1, (1 << 20) // per_row)
+    return [slice(i, i + rows) for i in range(0, values.shape[0], rows)]
