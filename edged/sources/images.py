@@ -91,7 +91,12 @@ def read_bytes(
     """The content of a regular file of at most ``max_bytes`` bytes, or :class:`FrameRejected`."""
     flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0)
     try:
-        fd = os.open(path, flags)  # O_NONBLOCK: a FIFO named x.jpg does not block the open
+        try:
+            fd = os.open(path, flags)  # O_NONBLOCK: a FIFO named x.jpg does not block the open
+        except BlockingIOError:
+            # A regular file under a lease (being written by a lease holder): wait for it as
+            # any reader would; a read that takes too long is the capture thread's hang.
+            fd = os.open(path, flags & ~os.O_NONBLOCK)
     except OSError as err:
         raise FrameRejected(err.strerror or str(err)) from None
     try:
