@@ -115,9 +115,11 @@ class FilesFrameSource(FrameSource):
     once, at most 10 lines a minute) and never raise: anything :func:`load_rgb` refuses (too
     big, not a regular file, vanished, corrupt) and a decode that runs past 80 % of
     ``read_timeout_s``. :meth:`cancel` (the capture thread abandoning the read) stops a decode
-    between two 64 KiB blocks. File names go out as :func:`safe_name` makes them. Pacing uses a monotonic deadline
-    schedule, so sleep overshoot does not accumulate; a consumer slower than
-    ``fps`` resets the schedule instead of getting a burst of catch-up frames.
+    between two 64 KiB blocks. File names go out as :func:`safe_name` makes them.
+
+    Pacing uses a monotonic deadline schedule, so sleep overshoot does not accumulate; a
+    consumer slower than ``fps`` resets the schedule instead of getting a burst of catch-up
+    frames. The pacing wait does not count against ``read_timeout_s`` (:meth:`pace`).
     """
 
     def __init__(
