@@ -236,13 +236,14 @@ def stretch_to_uint8(values: np.ndarray) -> np.ndarray:
             out[block][np.isfinite(values[block].astype(np.float64))] = level
         return out
     half = not np.isfinite(hi - lo)  # e.g. -1e308..1e308: scale the halves
-    shift, scale = (lo / 2, 255.0 / (hi / 2 - lo / 2)) if half else (lo, 255.0 / (hi - lo))
+    shift, span = (lo / 2, hi / 2 - lo / 2) if half else (lo, hi - lo)
     for block in blocks:
         b = values[block].astype(np.float64)
         if half:
             b *= 0.5
         b -= shift
-        b *= scale
+        b /= span  # 0..1; dividing (not multiplying by 255 / span) keeps subnormal spans finite
+        b *= 255.0
         np.nan_to_num(b, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
         np.clip(b, 0.0, 255.0, out=b)
         out[block] = np.rint(b)
