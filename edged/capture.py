@@ -5,7 +5,14 @@ Each frame can be prepared (its model input computed) in this thread, before it 
 A worker thread owns one source instance. A read that raises is a fault: the worker closes the
 source, waits (exponential backoff) and opens a fresh one. A read that does not return within
 ``read_timeout_s`` is a hang: the worker is abandoned (it exits if the read ever returns) and a
-new worker with a new source instance takes over after the backoff delay.
+new worker with a new source instance takes over after the backoff delay; the abandoned
+source is told (:meth:`FrameSource.cancel`), so one that can (the files source: between two
+64 KiB blocks of a decode) stops working at once instead of decoding in the background.
+
+Every frame is checked before it goes on (:func:`edged.sources.base.rgb_frame`): one that is
+no image, or larger than ``max_pixels``, is rejected (:class:`edged.errors.FrameRejected`):
+skipped, counted in :attr:`Capture.skipped`, logged at most 10 lines a minute; so is a read that
+raises ``FrameRejected``. Neither is a source fault.
 """
 
 from __future__ import annotations
@@ -16,8 +23,16 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from edged.errors import EdgedError
-from edged.sources.base import Frame, FrameSource
+from edged.errors import EdgedError, FrameRejected
+from edged.sources.base import (
+    DEFAULT_MAX_PIXELS,
+    Frame,
+    FrameSource,
+    RateLimitedLog,
+    one_line,
+    rgb_frame,
+    safe_name,
+)
 
 log = logging.getLogger("edged.capture")
 
@@ -43,6 +58,7 @@ class Capture:
         on_health: Callable[[SourceHealth], None] | None = None,
         prepare: Callable[[Frame], None] | None = None,
         discard: Callable[[Frame], None] | None = None,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
     ) -> None:
         """``prepare(frame)`` runs in the capture thread on each frame before it is offered;
         ``discard(frame)`` on each frame replaced by a newer one before it was taken."""
@@ -50,6 +66,9 @@ class Capture:
         self._prepare = prepare
         self._discard = discard
         self._read_timeout = read_timeout_s
+        self._max_pixels = max_pixels
+        self.rejected = 0  # frames refused by the check (or a read raising FrameRejected)
+        self._reject_log = RateLimitedLog(log)
         self._retry_min, self._retry_max = retry_min_s, retry_max_s
         self._on_health = on_health
         self._cond = threading.Condition()
@@ -73,7 +92,7 @@ class Capture:
     def skipped(self) -> int:
         """Unreadable inputs the source skipped (corrupt files)."""
         src = self._source
-        return self._skipped_done + (src.skipped if src is not None else 0)
+        return self.rejected + self._skipped_done + (src.skipped if src is not None else 0)
 
     def start(self) -> None:
         self._spawn(delay=0.0)
@@ -143,6 +162,16 @@ class Capture:
                 self._read_started = time.monotonic()
                 try:
                     frame = source.read()
+                    if frame is not None:
+                        frame.image = rgb_frame(frame.image, self._max_pixels)
+                        frame.name = safe_name(frame.name)
+                except FrameRejected as err:  # one bad frame: skipped and counted, no fault
+                    if not self._current(gen):
+                        return
+                    self._read_started = None
+                    self.hung_since = None
+                    self._reject(err)
+                    continue
                 except Exception as err:
                     if not self._current(gen):
                         return
@@ -183,6 +212,11 @@ class Capture:
             if source is not None:
                 self._retire(source)
 
+    def _reject(self, err: FrameRejected) -> None:
+        self.rejected += 1
+        self._reject_log.warning("frame skipped: %s", one_line(err))
+        self._report_skipped()
+
     def _warn_prepare(self, err: Exception) -> None:
         now = time.monotonic()
         if now - self._prepare_warned >= 60.0:  # at most one line a minute
@@ -203,8 +237,17 @@ class Capture:
         started = self._read_started
         if started is None or now - started < self._read_timeout:
             return
+        src = self._source
+        if src is not None and (src.pacing or now - src.paced_at < self._read_timeout):
+            return  # waiting for the next frame to be due (fps pacing) is no hang
         self.hung_since = self.hung_since or started
         self._read_started = None
+        hung = self._source
+        if hung is not None:
+            try:
+                hung.cancel()  # stop its work if it can; its worker exits when the read returns
+            except Exception as err:
+                log.debug("cancelling the hung read: %s", err)
         self._set_health(False, f"read timed out after {self._read_timeout:g} s")
         self._spawn(delay=self._backoff())
 

@@ -101,10 +101,10 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_classify(args: argparse.Namespace) -> int:
-    import numpy as np
-    from PIL import Image, UnidentifiedImageError
-
+    from edged.errors import FrameRejected
     from edged.model.classifier import Classifier
+    from edged.sources.base import safe_name
+    from edged.sources.images import read_image
 
     clf = Classifier.load(
         Path(args.model),
@@ -113,17 +113,17 @@ def cmd_classify(args: argparse.Namespace) -> int:
     )
     failed = 0
     for name in args.images:
+        # The daemon's files source decodes the same way (bounds, modes, EXIF orientation).
         try:
-            with Image.open(name) as im:
-                rgb = np.asarray(im.convert("RGB"))
-        except (OSError, UnidentifiedImageError, ValueError) as err:
+            rgb = read_image(name)
+        except FrameRejected as err:
             failed += 1
-            reason = err.strerror if isinstance(err, OSError) and err.strerror else err
-            print(f"edged: error: {name}: cannot read image ({reason})", file=sys.stderr)
+            print(f"edged: error: {safe_name(name)}: cannot read image ({err})", file=sys.stderr)
             continue
         pred = clf.classify(rgb, args.top_k)
         top = [{"label": lab, "score": round(s, 5)} for lab, s in pred.top]
-        line = {"image": name, "label": pred.label, "score": round(pred.score, 5), "top": top}
+        line = {"image": safe_name(name), "label": pred.label, "score": round(pred.score, 5)}
+        line["top"] = top
         print(json.dumps(line), flush=True)
     return ExitStatus.USAGE if failed else ExitStatus.OK
 

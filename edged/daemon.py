@@ -146,6 +146,7 @@ class Daemon:
             on_health=self._publish_health,
             prepare=self.preparer,
             discard=self.preparer.release,
+            max_pixels=cfg.source.max_image_pixels,
         )
         self._stop = threading.Event()
         self._guard_log = KindLog(log)

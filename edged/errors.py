@@ -48,6 +48,13 @@ class SourceError(EdgedError):
     """A frame source that cannot open or read."""
 
 
+class FrameRejected(EdgedError):
+    """One input refused (an image file or frame that is unreadable, too big, of the wrong
+    type or shape): the source skips and counts it and goes on; it is not a source fault."""
+
+    exit_status = ExitStatus.USAGE
+
+
 class BrokerError(EdgedError):
     """The MQTT broker refused us or could not be reached."""
 

@@ -64,6 +64,13 @@ class _SourceBase(_Section):
     retry_max_s: float = Field(
         30.0, gt=0, le=MAX_SECONDS, description="Longest retry delay (exponential backoff)."
     )
+    max_image_pixels: int = Field(
+        4096 * 4096,
+        ge=1,
+        le=1_000_000_000,
+        description="A frame or image of more pixels is skipped and counted (checked before "
+        "an image file is decoded).",
+    )
 
 
 class FilesSource(_SourceBase):
@@ -73,6 +80,12 @@ class FilesSource(_SourceBase):
     )
     fps: float = Field(1.0, gt=0, le=1000, description="Frames per second to emit.")
     loop: bool = Field(False, description="Start again after the last image instead of ending.")
+    max_image_bytes: int = Field(
+        64 * 1024 * 1024,
+        ge=1,
+        le=4 * 1024**3,
+        description="An image file larger than this is skipped and counted without reading it.",
+    )
 
 
 class OpenCVSource(_SourceBase):

@@ -10,11 +10,20 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
 from edged.config import FilesSource
-from edged.errors import SourceError
-from edged.sources.base import Frame, FrameSource, transform
+from edged.errors import FrameRejected, SourceError
+from edged.sources.base import (
+    DEFAULT_MAX_PIXELS,
+    Frame,
+    FrameSource,
+    RateLimitedLog,
+    one_line,
+    safe_name,
+    transform,
+)
+from edged.sources.images import DEFAULT_MAX_BYTES, read_image
 
 log = logging.getLogger("edged.sources")
 
@@ -41,26 +50,35 @@ def is_image_name(path: str | Path) -> bool:
     return Path(path).suffix.lower() in IMAGE_EXTENSIONS
 
 
+def _candidate(p: Path) -> bool:
+    """An image name that is a regular file now (it is checked again when read)."""
+    try:
+        return is_image_name(p) and p.is_file()
+    except (OSError, ValueError):  # e.g. permission denied on stat: not listed
+        return False
+
+
 def find_images(pattern: str) -> list[Path]:
     """The image files ``pattern`` names, sorted: a directory, a glob or one file.
 
+    Directories, FIFOs, devices and dangling links are left out, whatever their names.
     Raises :class:`SourceError` (one line) when nothing matches.
     """
     expanded = os.path.expanduser(pattern)
     if any(c in _GLOB_CHARS for c in expanded):
         matches = [Path(p) for p in glob.glob(expanded, recursive=True)]
-        found = sorted((p for p in matches if p.is_file() and is_image_name(p)), key=str)
+        found = sorted((p for p in matches if _candidate(p)), key=str)
         where = f"glob {pattern!r}"
     else:
         root = Path(expanded)
         if root.is_dir():
             # Hidden files are left out, as glob does (e.g. macOS "._x.jpg" resource forks).
+            try:
+                entries = list(root.iterdir())
+            except OSError as err:
+                raise SourceError(f"source.path: cannot list {pattern}: {err.strerror}") from None
             found = sorted(
-                (
-                    p
-                    for p in root.iterdir()
-                    if not p.name.startswith(".") and p.is_file() and is_image_name(p)
-                ),
+                (p for p in entries if not p.name.startswith(".") and _candidate(p)),
                 key=str,
             )
             where = f"directory {pattern!r}"
@@ -75,29 +93,33 @@ def find_images(pattern: str) -> list[Path]:
     return found
 
 
-def load_rgb(path: Path) -> np.ndarray:
-    """Decode an image file to an RGB uint8 array (h, w, 3); EXIF orientation applied.
+def load_rgb(
+    path: Path,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    check: Callable[[], None] | None = None,
+) -> np.ndarray:
+    """Decode an image file to an upright RGB uint8 array (h, w, 3), bounded before decoding.
 
-    Grayscale, palette, RGBA, CMYK, ... are converted; alpha is dropped. Raises
-    whatever PIL raises for an unreadable file (the caller decides what to do).
+    Every mode is converted (:mod:`edged.sources.images`). Raises
+    :class:`edged.errors.FrameRejected` (one line) for any file that cannot be used.
     """
-    with Image.open(path) as im:
-        im.load()
-        upright = ImageOps.exif_transpose(im)
-        rgb = upright if upright.mode == "RGB" else upright.convert("RGB")
-        arr = np.asarray(rgb, dtype=np.uint8)
-    if arr.ndim != 3 or arr.shape[2] != 3:  # pragma: no cover - convert("RGB") guarantees it
-        raise ValueError(f"unexpected decoded shape {arr.shape}")
-    return arr
+    return read_image(path, max_pixels=max_pixels, max_bytes=max_bytes, check=check)
 
 
 class FilesFrameSource(FrameSource):
     """Emit the images at ``cfg.fps``, once or looping.
 
-    Unreadable images are skipped (``self.skipped`` counts distinct files; each is
-    logged once at warning) and never raise. Pacing uses a monotonic deadline
-    schedule, so sleep overshoot does not accumulate; a consumer slower than
-    ``fps`` resets the schedule instead of getting a burst of catch-up frames.
+    Unreadable images are skipped (``self.skipped`` counts distinct files; each is logged
+    once, at most 10 lines a minute) and never raise: anything :func:`load_rgb` refuses (too
+    big, not a regular file, vanished, corrupt) and a decode that runs past 80 % of
+    ``read_timeout_s``. :meth:`cancel` (the capture thread abandoning the read) stops a decode
+    between two 64 KiB blocks. File names go out as :func:`safe_name` makes them.
+
+    Pacing uses a monotonic deadline schedule, so sleep overshoot does not accumulate; a
+    consumer slower than ``fps`` resets the schedule instead of getting a burst of catch-up
+    frames. The pacing wait does not count against ``read_timeout_s`` (:meth:`pace`).
     """
 
     def __init__(
@@ -116,6 +138,12 @@ class FilesFrameSource(FrameSource):
         self._next_due: float | None = None
         self._bad: set[Path] = set()
         self._open = False
+        self._cancelled = False
+        self._deadline = float("inf")
+        self._warn = RateLimitedLog(log)
+        if cfg.max_image_pixels > (Image.MAX_IMAGE_PIXELS or 0):
+            # Pillow's own bomb check must not refuse what the configured limit allows.
+            Image.MAX_IMAGE_PIXELS = cfg.max_image_pixels
 
     @property
     def paths(self) -> list[Path]:
@@ -131,6 +159,17 @@ class FilesFrameSource(FrameSource):
     def close(self) -> None:
         self._open = False
 
+    def cancel(self) -> None:
+        self._cancelled = True
+
+    def _check(self) -> None:
+        """Between two blocks of a read or decode: abandoned, or past its deadline?"""
+        if self._cancelled:
+            raise FrameRejected("read abandoned (read_timeout_s)")
+        if self._clock() > self._deadline:
+            budget = 0.8 * self.cfg.read_timeout_s
+            raise FrameRejected(f"decoding took longer than {budget:g} s")
+
     def _decode_next(self) -> tuple[Path, np.ndarray] | None:
         """The next readable image, or None at the end (once mode)."""
         failures_in_a_row = 0
@@ -141,9 +180,17 @@ class FilesFrameSource(FrameSource):
                 self._index = 0
             path = self._paths[self._index]
             self._index += 1
+            self._deadline = self._clock() + 0.8 * self.cfg.read_timeout_s
             try:
-                image = load_rgb(path)
-            except Exception as err:  # any decoder failure: skip the file, never raise
+                image = load_rgb(
+                    path,
+                    max_pixels=self.cfg.max_image_pixels,
+                    max_bytes=self.cfg.max_image_bytes,
+                    check=self._check,
+                )
+            except Exception as err:  # refused or any other failure: skip the file, never raise
+                if self._cancelled:
+                    raise SourceError("read abandoned") from None
                 self._skip(path, err)
                 failures_in_a_row += 1
                 if self.cfg.loop and failures_in_a_row >= len(self._paths):
@@ -155,7 +202,7 @@ class FilesFrameSource(FrameSource):
                 continue
             if path in self._bad:
                 self._bad.discard(path)
-                log.info("files source: %s is readable again", path.name)
+                log.info("files source: %s is readable again", safe_name(path.name))
             return path, image
 
     def _skip(self, path: Path, err: BaseException) -> None:
@@ -163,8 +210,9 @@ class FilesFrameSource(FrameSource):
             return
         self._bad.add(path)
         self.skipped += 1
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        log.warning("files source: skipping unreadable image %s: %s", path, reason)
+        self._warn.warning(
+            "files source: skipping unreadable image %s: %s", safe_name(str(path)), one_line(err)
+        )
 
     def _wait_until_due(self) -> None:
         period = 1.0 / self.cfg.fps
@@ -173,7 +221,7 @@ class FilesFrameSource(FrameSource):
             self._next_due = now  # first frame, or the consumer fell behind: restart
         delay = self._next_due - now
         if delay > 0:
-            self._sleep(delay)
+            self.pace(self._sleep, delay)
         self._next_due += period
 
     def read(self) -> Frame | None:
@@ -185,4 +233,4 @@ class FilesFrameSource(FrameSource):
         path, image = item
         image = np.ascontiguousarray(transform(image, self.cfg.roi, self.cfg.rotate))
         self._wait_until_due()
-        return Frame(image=image, name=path.name)
+        return Frame(image=image, name=safe_name(path.name))

@@ -18,7 +18,7 @@ import numpy as np
 
 from edged.config import OpenCVSource
 from edged.errors import SourceError
-from edged.sources.base import Frame, FrameSource, transform
+from edged.sources.base import Frame, FrameSource, transform, uint8_image
 
 log = logging.getLogger("edged.sources")
 
@@ -177,7 +177,7 @@ class OpenCVFrameSource(FrameSource):
         self._next_due += period
         if not self.live:
             if due > now:
-                self._sleep(due - now)
+                self.pace(self._sleep, due - now)
             return self._read_one(cap)
         # Live: drain frames until the next one is due, so the one we keep is fresh.
         while self._clock() < due:
@@ -202,7 +202,9 @@ class OpenCVFrameSource(FrameSource):
         return np.asarray(image)
 
     def _to_rgb(self, image: np.ndarray) -> np.ndarray:
+        """BGR(A) or gray of any dtype -> RGB uint8; :class:`FrameRejected` if it is no image."""
         cv2 = self._cv2
+        image = uint8_image(image, self.cfg.max_image_pixels)
         if image.ndim == 2:
             rgb = cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
         elif image.shape[2] == 4:

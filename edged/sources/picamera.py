@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 
 from edged.config import Picamera2Source
-from edged.errors import SourceError
-from edged.sources.base import Frame, FrameSource, transform
+from edged.errors import FrameRejected, SourceError
+from edged.sources.base import Frame, FrameSource, one_line, transform
 
 log = logging.getLogger("edged.sources")
 
@@ -269,7 +269,12 @@ class Picamera2FrameSource(FrameSource):
                 orphan, self._orphan = self._orphan, None
             if orphan is not None:
                 _shutdown(orphan)
-        image = self._to_rgb(np.asarray(raw))
+        try:
+            image = self._to_rgb(np.asarray(raw))
+        except SourceError:
+            raise
+        except Exception as err:  # a frame of another dtype/shape: skipped, not a fault
+            raise FrameRejected(f"picamera2: unusable frame: {one_line(err)}") from None
         return Frame(image=image)
 
     def _to_rgb(self, raw: np.ndarray) -> np.ndarray:

@@ -269,7 +269,9 @@ def test_image_modes_come_out_rgb(tmp_path: Path) -> None:
     Image.new("RGB", (5, 4), (4, 5, 6)).save(tmp_path / "6_rgb.tiff")
     Image.new("RGB", (5, 4), (7, 8, 9)).save(tmp_path / "7_lossless.webp", lossless=True)
     frames = _read_all(_source(tmp_path))
-    want = [(77,) * 3, (10, 20, 30), (200, 100, 50), (33,) * 3, (255,) * 3, (4, 5, 6), (7, 8, 9)]
+    # Alpha is composited over black (issue 11): transparent RGBA is black, LA 33 at alpha
+    # 128 is 33 * 128 / 255 = 17.
+    want = [(77,) * 3, (0, 0, 0), (200, 100, 50), (17,) * 3, (255,) * 3, (4, 5, 6), (7, 8, 9)]
     assert len(frames) == len(want)
     for frame, colour in zip(frames, want, strict=True):
         assert frame.image.shape == (4, 5, 3), frame.name
