@@ -215,11 +215,13 @@ class UpdateConfig(_Section):
     )
     trusted_keys: list[Path] = Field(
         default_factory=list,
-        description="Ed25519 public keys (PEM) whose signatures are accepted on bundles "
-        "and rollback commands.",
+        description="Ed25519 public keys (PEM) whose signatures are accepted on offers, bundles "
+        "and rollback commands. With keys configured, every offer must be signed by one.",
     )
     allow_unsigned: bool = Field(
-        False, description="Accept unsigned bundles (never rollback commands); testing only."
+        False,
+        description="Accept unsigned bundles (never rollback commands); with no trusted_keys, "
+        "unsigned offers too. Testing only.",
     )
     require_golden: bool = Field(
         True, description="Refuse bundles whose manifest has no golden test vector."
@@ -234,7 +236,17 @@ class UpdateConfig(_Section):
         1024, ge=128, description="Address-space limit (RLIMIT_AS) of the validation subprocess."
     )
     transfer_timeout_s: float = Field(
-        120.0, gt=0, description="A transfer without a new chunk for this long is given up."
+        120.0,
+        gt=0,
+        description="A transfer without a new chunk for this long is given up and reported "
+        "(the retained chunks are asked for again after half of it).",
+    )
+    keep_models: int = Field(
+        3,
+        ge=1,
+        le=20,
+        description="Models kept for a rollback besides the active one (the previous one and "
+        "older ones the device served, the configured model.path included).",
     )
     monitor_frames: int = Field(
         10,
