@@ -15,9 +15,8 @@ its ``issued`` time) before anything is reserved for it.
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
+import math
 import queue
 import threading
 import time
@@ -49,7 +48,7 @@ from edged.update.slot import ModelSlot, Swap
 from edged.update.store import ModelRecord, Store
 from edged.update.transfer import Offer, OfferError, max_offer_bytes, verify_offer
 from edged.update.validate import Validator
-from edged.update.wire import clip
+from edged.update.wire import WireError, clip, loads_object
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -66,6 +65,16 @@ def warm_up(clf: Classifier) -> None:
     """First-run set-up of a new model here, not in the first frame's latency."""
     w, h = clf.input_size()
     clf.classify(np.zeros((h, w, 3), np.uint8), 1)
+
+
+def _issued_of(payload: bytes) -> float | None:
+    """A refused command's own ``issued`` (for the sender to match the answer), if sane."""
+    try:
+        issued = loads_object(payload, "command", MAX_COMMAND_BYTES).get("issued")
+    except WireError:
+        return None
+    ok = isinstance(issued, int | float) and not isinstance(issued, bool)
+    return float(issued) if ok and math.isfinite(issued) else None
 
 
 class Updater:
@@ -251,9 +260,7 @@ class Updater:
         except (OfferError, BundleError) as err:
             self._refused("offer", str(err))
             return
-        if offer.transfer_id in self.state.answered or self.receiver.busy_with(
-            offer.transfer_id
-        ):
+        if offer.transfer_id in self.state.answered or self.receiver.busy_with(offer.transfer_id):
             return  # the retained offer again (after a reconnect or a restart)
         last = self.state.offer_issued.get(target)
         if last is not None and offer.issued < last:
@@ -440,7 +447,7 @@ class Updater:
                 last_issued=self.state.last_command_issued,
             )
         except (CommandError, BundleError) as err:
-            self._refused("command", str(err), command="rollback", issued=None)
+            self._refused("command", str(err), command="rollback", issued=_issued_of(payload))
             return
         extra: dict[str, Any] = {"command": cmd.command, "issued": cmd.issued}
         try:

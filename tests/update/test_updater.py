@@ -308,8 +308,7 @@ def test_a_stalled_transfer_asks_again_then_gives_up(tmp_path: Path, keys: Keys)
         result = rig.pub.wait_result(timeout=10)
         n = len(chunks)
         assert result["reason"] == (
-            f"transfer stalled with 1 of {n} chunks (no chunk for 0.6 s: "
-            "update.transfer_timeout_s)"
+            f"transfer stalled with 1 of {n} chunks (no chunk for 0.6 s: update.transfer_timeout_s)"
         )
         assert rig.pub.subscribed.count(chunk_topic("edged/cam-1", "t2", "+")) == 2  # asked again
         _assert_v1_live(rig)
