@@ -243,15 +243,14 @@ def target_of(prefix: str, scope: str) -> str:
 
 
 def clear(args: argparse.Namespace, broker: Broker, topics: list[str]) -> None:
-    """Replace what a failed push published with retained empty payloads (a fresh connection
-    when the broker dropped ours)."""
+    """Replace what a failed push published with retained empty payloads, on a fresh
+    connection (the old one may still hold, and keep re-sending, what made the push fail)."""
+    broker.close()
     if not topics:
         return
     empties = [(t, b"", True) for t in topics]
     try:
-        if not broker.connected:
-            broker.close()
-            broker = Broker(args)
+        broker = Broker(args)
         broker.publish_all(empties, args.timeout)
         print(f"push: cleared the {len(topics)} retained message(s) it published", file=sys.stderr)
     except PushError as err:
@@ -327,9 +326,6 @@ def send(
         offer_items = [(offer_topic(s), offers[s][0].to_json(), True) for s in scopes]
         published += [t for t, _, _ in offer_items]
         broker.publish_all(offer_items, args.timeout)
-    except PushError:
-        clear(args, broker, published)
-        raise
     except BaseException:
         clear(args, broker, published)
         raise

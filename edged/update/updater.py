@@ -172,7 +172,9 @@ class Updater:
     def _sort(self, topic: str, payload: bytes) -> None:
         if topic == self.topics.update_command:
             if len(payload) > MAX_COMMAND_BYTES:
-                self._refused("command", f"{len(payload)} bytes, over {MAX_COMMAND_BYTES}")
+                self._refused(
+                    "command", f"{len(payload)} bytes, over the {MAX_COMMAND_BYTES}-byte limit"
+                )
                 return
             with self._inbox_lock:
                 if self._commands >= MAX_QUEUED_COMMANDS:
@@ -189,7 +191,9 @@ class Updater:
             return
         if match[0] == "offer":
             if len(payload) > self._max_offer:
-                self._refused("offer", f"{len(payload)} bytes, over {self._max_offer}")
+                self._refused(
+                    "offer", f"{len(payload)} bytes, over the {self._max_offer}-byte limit"
+                )
                 return
             with self._inbox_lock:
                 waiting = match[1] in self._offers
