@@ -167,7 +167,7 @@ def test_push_swaps_the_model_between_frames_without_losing_one_and_survives_a_r
     ota.wait_version(2, n=10)
     state = ota.model_state()
     assert state["active"]["version"] == 2 and state["previous"]["version"] == 1
-    assert state["last_update"]["status"] == "accepted" and state["active"]["confirmed"]
+    assert state["last_update"]["status"] == "confirmed" and state["active"]["confirmed"]
     rc, _took = d.terminate()
     assert rc == 0
     log = d.log()
@@ -321,7 +321,11 @@ def test_signed_rollback_command_and_replays_are_refused(
     # A command signed by a key the device does not trust: refused.
     other = make_keys(tmp_path / "other", "other")
     rc = push_tool.main([*rollback[:-1], str(other.private_path), *ota.broker_args()])
-    assert rc == 1 and f"command refused: command signed by unknown key {other.key_id}" == ota.table()["cam-1"][2]
+    assert (
+        rc == 1
+        and f"command refused: command signed by unknown key {other.key_id}"
+        == ota.table()["cam-1"][2]
+    )
     assert ota.model_state()["active"]["version"] == 1
 
     d.terminate()  # back on the rolled-back model after a restart, with no result spam

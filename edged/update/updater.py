@@ -73,8 +73,9 @@ def _issued_of(payload: bytes) -> float | None:
         issued = loads_object(payload, "command", MAX_COMMAND_BYTES).get("issued")
     except WireError:
         return None
-    ok = isinstance(issued, int | float) and not isinstance(issued, bool)
-    return float(issued) if ok and math.isfinite(issued) else None
+    if not isinstance(issued, int | float) or isinstance(issued, bool):
+        return None
+    return float(issued) if math.isfinite(issued) else None
 
 
 class Updater:
@@ -431,6 +432,7 @@ class Updater:
         if active is None or active.transfer_id != tid or active.confirmed:
             return
         state = replace(self.state, active=replace(active, confirmed=True), boot_attempts=0)
+        state.note(tid, active.version, CONFIRMED, "passed its probation")
         try:
             self.store.save(state)
         except OSError as err:
@@ -482,15 +484,18 @@ class Updater:
             return cmd.sha256 is None or any(x.startswith(cmd.sha256) for x in shas)
 
         active = self.state.active
-        if active is not None and matches(active):
-            raise Refused(f"{cmd.target()} is already active ({describe(active)})")
-        found = [r for r in self.state.kept() if matches(r)]
-        kept = ", ".join(f"{describe(r)} ({r.sha256[:12]})" for r in self.state.kept()) or "none"
-        if not found:
-            raise Refused(f"{cmd.target()} is not kept here (kept: {kept})")
+        found = [r for r in (active, *self.state.kept()) if r is not None and matches(r)]
         if len(found) > 1:
-            names = ", ".join(f"{describe(r)} ({r.sha256[:12]})" for r in found)
-            raise Refused(f"{cmd.target()} is ambiguous: {names}")
+            names = ", ".join(f"{describe(r)}{' (active)' if r is active else ''}" for r in found)
+            raise Refused(
+                f"{cmd.target()} is ambiguous: {names} (name a version, or a longer sha256 "
+                "prefix: of the bundle if they share a model)"
+            )
+        if found and found[0] is active:
+            raise Refused(f"{cmd.target()} is already active ({describe(active)})")
+        if not found:
+            kept = ", ".join(f"{describe(r)} ({r.sha256[:12]})" for r in self.state.kept())
+            raise Refused(f"{cmd.target()} is not kept here (kept: {kept or 'none'})")
         return found[0]
 
     # -- reporting -----------------------------------------------------------------------------

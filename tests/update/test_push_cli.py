@@ -49,8 +49,17 @@ def test_an_unreachable_broker_exits_1(tmp_path: Path, capsys: pytest.CaptureFix
     bundle = tmp_path / "b.edgb"
     bundle.write_bytes(make_bundle(2, None))
     rc = main(
-        ["push", str(bundle), "--device", "a", "--unsigned", "--host", "127.0.0.1", "--port"]
-        + [str(free_port())]
+        [
+            "push",
+            str(bundle),
+            "--device",
+            "a",
+            "--unsigned",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(free_port()),
+        ]
     )
     err = capsys.readouterr().err
     assert rc == 1 and "cannot connect to 127.0.0.1" in err

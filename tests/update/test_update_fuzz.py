@@ -155,7 +155,9 @@ COMMAND_KEYS = ["command", "device", "version", "issued", "key_id", "signature",
 
 @FUZZ
 @given(topic=st.sampled_from([OFFER, GROUP_OFFER, COMMAND]), payload=st.binary(max_size=3000))
-def test_arbitrary_bytes_on_every_update_topic(harness: Harness, topic: str, payload: bytes) -> None:
+def test_arbitrary_bytes_on_every_update_topic(
+    harness: Harness, topic: str, payload: bytes
+) -> None:
     harness.feed(topic, payload)
     _check_results(harness)
     assert harness.chunk_subscriptions() == []
@@ -250,7 +252,10 @@ def test_a_flood_of_refusals_is_rate_limited(harness: Harness) -> None:
         harness.feed(OFFER if i % 2 else COMMAND, b"garbage %d" % i)
     elapsed = time.monotonic() - t0
     results = harness.pub.results()
-    assert 1 <= len(results) <= REFUSAL_BURST + elapsed * REFUSALS_PER_S + 1, (len(results), elapsed)
+    assert 1 <= len(results) <= REFUSAL_BURST + elapsed * REFUSALS_PER_S + 1, (
+        len(results),
+        elapsed,
+    )
     _check_results(harness)
 
 
@@ -264,13 +269,23 @@ def test_unauthenticated_offers_of_any_size_reserve_nothing(
             bundle, transfer_id="u", name="digits", version=9, chunk_size=4096, target="cam-1"
         )[0].to_json(),
         "unknown key": make_offer(
-            bundle, transfer_id="k", name="digits", version=9, chunk_size=4096,
-            target="cam-1", key=other.private,
-        )[0].to_json(),  # fmt: skip
+            bundle,
+            transfer_id="k",
+            name="digits",
+            version=9,
+            chunk_size=4096,
+            target="cam-1",
+            key=other.private,
+        )[0].to_json(),
         "another device's": make_offer(
-            bundle, transfer_id="d", name="digits", version=9, chunk_size=4096,
-            target="cam-2", key=keys.private,
-        )[0].to_json(),  # fmt: skip
+            bundle,
+            transfer_id="d",
+            name="digits",
+            version=9,
+            chunk_size=4096,
+            target="cam-2",
+            key=keys.private,
+        )[0].to_json(),
     }
     forged = json.loads(cases["unsigned"])
     forged.update(size=huge, chunk_size=16 * 1024 * 1024, chunks=["0" * 64] * 32768)
@@ -302,7 +317,7 @@ def test_a_replayed_older_signed_offer_is_refused_before_anything_is_reserved(
         make_bundle(5, keys), transfer_id="v5", name="digits", version=5, chunk_size=4096,
         target="cam-1", key=keys.private, issued=1000.0,
     )  # fmt: skip
-    fix, chunks = make_offer(
+    fix, _chunks = make_offer(
         make_bundle(3, keys), transfer_id="v3", name="digits", version=3, chunk_size=4096,
         target="cam-1", key=keys.private, issued=2000.0,
     )  # fmt: skip
