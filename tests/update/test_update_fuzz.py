@@ -119,7 +119,7 @@ scalars = (
     st.none()
     | st.booleans()
     | st.integers(min_value=-(10**30), max_value=10**30)
-    | st.sampled_from([2**63, -(2**63), 10**300, 0, -1, 1])
+    | st.sampled_from([2**63, -(2**63), 10**300, 10**400, -(10**4000), 0, -1, 1, 1e308])
     | st.floats(allow_nan=True, allow_infinity=True)
     | any_text
 )
