@@ -103,6 +103,8 @@ def table(rows: list[dict[str, Any]]) -> str:
             model += " (probation)"
         last = r["last_update"] or {}
         update = f"{last.get('status')} v{last.get('version')}" if last else "-"
+        if last and last.get("status") == "rolled_back" and last.get("transfer_id") is None:
+            update = f"rollback to v{last.get('version')}"  # a command, not a failed update
         if r["receiving"]:
             update = f"receiving v{r['receiving'].get('version')}"
         sha = str(m.get("sha256") or "")[:12]
