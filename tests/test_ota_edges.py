@@ -550,3 +550,35 @@ def test_status_collects_a_hundred_devices_in_under_a_second(
     assert len(out.splitlines()) == 1 + 50
     assert took < 1.0, took
     print(f"\nstatus: 100 devices collected in {took:.3f} s")
+
+
+def test_a_push_clears_the_chunks_it_supersedes_and_its_own_once_every_device_answered(
+    tmp_path: Path,
+    broker: Mosquitto,
+    keys: Keys,
+    start_daemon: Start,
+    subscriber_factory: Callable[..., Subscriber],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    group = ["--group", "lab", "--devices", "cam-1"]
+    first, second = make_bundle(2, keys, pad=20_000), make_bundle(3, keys, pad=20_000)
+    chunk = ["--chunk-size", "16384"]
+    rc, _ = _push(broker, keys, capsys, first, *group, *chunk, timeout=1)
+    assert rc == 1  # nobody answered: the retained offer and chunks wait for the devices
+    kept = _retained(broker)
+    tid1 = _json(kept["edged/group/lab/update/offer"])["transfer_id"]
+    n1 = sum(f"/chunk/{tid1}/" in t for t in kept)
+    assert n1 == -(-len(first) // 16384) and len(kept) == n1 + 1
+    rc, _ = _push(broker, keys, capsys, second, *group, *chunk, timeout=1)
+    kept = _retained(broker)
+    tid2 = _json(kept["edged/group/lab/update/offer"])["transfer_id"]
+    assert not any(tid1 in t for t in kept)  # the superseded push's chunks are gone
+    assert sum(f"/chunk/{tid2}/" in t for t in kept) == -(-len(second) // 16384)
+
+    sub = subscriber_factory(broker, "edged/cam-1/#")
+    start_daemon(_config(tmp_path, broker, keys, update={"groups": ["lab"]}))
+    sub.wait_for(lambda m: m.topic.endswith("/update/result") and b'"confirmed"' in m.payload, 30)
+    rc, table = _push(broker, keys, capsys, make_bundle(4, keys), "--device", "cam-1")
+    assert (rc, table["cam-1"][0]) == (0, "confirmed")
+    kept = _retained(broker, "edged/cam-1/update/#")
+    assert kept == {}  # the device has it: its offer and chunks are cleared
