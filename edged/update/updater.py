@@ -395,9 +395,11 @@ class Updater:
     def _rollback(
         self, target: ModelRecord, reason: str, tid: str | None, version: int | None, **extra: Any
     ) -> str:
-        """Make ``target`` (a kept model) active again; returns "" or why it failed."""
+        """Make ``target`` (a kept model) active again; returns "" or why it failed. A command
+        (no ``tid``) must get the very model it named; an automatic rollback (a failing model)
+        takes the configured model.path even if that file changed meanwhile."""
         try:
-            clf = load_record(target, self.store, self.cfg, strict=True)
+            clf = load_record(target, self.store, self.cfg, strict=tid is None)
             warm_up(clf)
         except (EdgedError, OSError) as err:
             return f"cannot load {describe(target)}: {err}"
