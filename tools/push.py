@@ -248,7 +248,7 @@ def clear(args: argparse.Namespace, broker: Broker, topics: list[str]) -> None:
     broker.close()
     if not topics:
         return
-    empties = [(t, b"", True) for t in topics]
+    empties = [(t, b"", True) for t in reversed(topics)]  # the offers (published last) first
     try:
         broker = Broker(args)
         broker.publish_all(empties, args.timeout)
@@ -344,7 +344,8 @@ def send(
         )  # fmt: skip
         if args.device and all(r[0] != NO_ANSWER for r in rows.values()):
             # Every device has it (or refused it): nothing retained is needed any more.
-            broker.publish_all([(t, b"", True) for t in published], args.timeout)
+            # Offers first: never an offer left without its chunks, even if this is cut short.
+            broker.publish_all([(t, b"", True) for t in reversed(published)], args.timeout)
         return rows
     finally:
         broker.close()
