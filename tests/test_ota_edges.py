@@ -456,8 +456,9 @@ def test_a_flood_of_unauthenticated_offers_costs_nothing_and_a_replayed_offer_is
     assert rss1 - rss0 < 40 * 1024, (rss0, rss1)  # KiB: flat, not the 60 MiB offered
     n = len([m for m in sub.messages if m.topic.endswith("/prediction")])
     sub.wait_count(n + 10, 10, lambda m: m.topic.endswith("/prediction"))  # still classifying
-    print(f"\nflood: 600 messages in {elapsed:.1f} s, {len(results)} results, "
-          f"{len(refused_lines)} log lines, RSS {rss0} -> {rss1} KiB")  # fmt: skip
+    with capsys.disabled():
+        print(f"\nflood: 600 messages in {elapsed:.1f} s, {len(results)} results, "
+              f"{len(refused_lines)} log lines, RSS {rss0} -> {rss1} KiB")  # fmt: skip
 
     # A legitimate push, then its recorded offer replayed: ignored (answered), no new result.
     rc, table = _push(broker, keys, capsys, bundle)
@@ -549,7 +550,8 @@ def test_status_collects_a_hundred_devices_in_under_a_second(
     took = float(re.search(r"collected in ([\d.]+) s", err).group(1))  # type: ignore[union-attr]
     assert len(out.splitlines()) == 1 + 50
     assert took < 1.0, took
-    print(f"\nstatus: 100 devices collected in {took:.3f} s")
+    with capsys.disabled():
+        print(f"\nstatus: 100 devices collected in {took:.3f} s")
 
 
 def test_a_push_clears_the_chunks_it_supersedes_and_its_own_once_every_device_answered(
