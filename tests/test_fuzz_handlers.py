@@ -426,22 +426,22 @@ def test_update_handlers_never_raise_and_stay_bounded(
         }[kind]
         u.on_message(topic, payload)
         drain(u)
-    assert u._queue.qsize() == 0 and u._requests == 0
-    assert len(u.receiver._bad) <= 1024
+    assert u._queue.qsize() == 0 and u._commands == 0
+    assert not u._offers  # one waiting offer per scope at most, none once handled
     for topic, payload, _, _ in pub.sent:
         if topic.endswith(("/update/result", "/model")):
             strict_json(payload)
 
 
 def test_update_request_flood_is_bounded(state_root: Path, classifier: Any) -> None:
-    from edged.update.updater import MAX_QUEUED_REQUESTS
+    from edged.update.updater import MAX_QUEUED_COMMANDS
 
     u, pub = make_updater(state_root, classifier)
     for i in range(5000):  # the update thread busy (validating): nothing drains the queue
         u.on_message(f"{pub.topics.base}/update/command", b"x" * 100 + str(i).encode())
-    assert u._queue.qsize() == MAX_QUEUED_REQUESTS
+    assert u._queue.qsize() == MAX_QUEUED_COMMANDS
     drain(u)
-    assert u._requests == 0
+    assert u._commands == 0
 
 
 def test_distinct_malformed_offers_do_not_grow_memory(state_root: Path, classifier: Any) -> None:
@@ -449,4 +449,4 @@ def test_distinct_malformed_offers_do_not_grow_memory(state_root: Path, classifi
     for i in range(3000):
         u.on_message(f"{pub.topics.base}/update/offer", b"junk %d" % i)
         drain(u)
-    assert len(u.receiver._bad) <= 1024
+    assert not u._offers  # one waiting offer per scope at most, none once handled

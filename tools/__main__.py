@@ -1,10 +1,13 @@
-"""``python -m tools <command> [args]``: the host-side commands, imported only when run.
+"""``edgectl <command> [args]`` (installed by ``pip install 'edged[tools]'``), or
+``python -m tools <command> [args]`` in a checkout: the host-side commands, imported only
+when run.
 
 =========  ===================================================================
 train      image folder -> trained, int8-quantised, evaluated, signed bundle
 bundle     (re)bundle and sign an existing .tflite model
 keygen     create an Ed25519 signing key pair
-push       send a bundle to devices (``tools/push.py``, when present)
+push       send a bundle to devices, or a signed rollback
+status     every device on a broker: availability, model, last update, fps
 =========  ===================================================================
 """
 
@@ -13,18 +16,26 @@ from __future__ import annotations
 import importlib
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 COMMANDS: dict[str, tuple[str, str]] = {
     # command: (module exposing main(argv) -> int, one-line help)
     "train": ("tools.train.cli", "train, quantise, evaluate and bundle a classifier"),
     "bundle": ("tools.bundle", "(re)bundle and sign an existing .tflite model"),
     "keygen": ("tools.keygen", "create an Ed25519 signing key pair"),
-    "push": ("tools.push", "send a bundle to devices"),
+    "push": ("tools.push", "send a bundle to devices, or a signed rollback"),
+    "status": ("tools.status", "show every device: availability, model, last update, fps"),
 }
 
 
+def program() -> str:
+    """How the user ran us: ``edgectl`` (the console script) or ``python -m tools``."""
+    name = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else ""
+    return "python -m tools" if name in ("__main__.py", "", "-c") else name
+
+
 def usage() -> str:
-    lines = ["usage: python -m tools <command> [args]  (<command> --help for details)", ""]
+    lines = [f"usage: {program()} <command> [args]  (<command> --help for details)", ""]
     lines += [f"  {name:<8}{text}" for name, (_, text) in COMMANDS.items()]
     return "\n".join(lines)
 

@@ -1,22 +1,31 @@
-"""``python -m tools push``: send a model bundle to edged devices over MQTT, or a signed rollback.
+"""``edgectl push``: send a model bundle to edged devices over MQTT, or a signed rollback.
 
 ::
 
-    python -m tools push BUNDLE --device cam-1 [--device cam-2 ...]
-    python -m tools push BUNDLE --group lab (--expect N | --devices cam-1 cam-2 ...)
-    python -m tools push --rollback VERSION --device cam-1 --key release.pem
+    edgectl push BUNDLE --key release.pem --device cam-1 [--device cam-2 ...]
+    edgectl push BUNDLE --key release.pem --group lab (--expect N | --devices cam-1 cam-2 ...)
+    edgectl push --rollback MODEL --device cam-1 --key release.pem
 
 Broker options: ``--host --port --username --password-file --ca-file --prefix --protocol``.
 
-A push publishes, retained and at QoS 1 (waiting for the broker's acknowledgements), the
-bundle's chunks and then its offer under ``<prefix>/<device>/update/`` (or
-``<prefix>/group/<group>/update/``), so that a device that is offline now gets the bundle when
-it comes back, without this tool. It reads the offer retained there before (a push it
-replaces) and clears that transfer's chunks. Then it waits up to ``--timeout`` seconds for each
-device's result and prints one line per device: ``accepted``, ``rejected`` (with the reason),
-``current`` (the device already runs this version), or ``no answer``. Exit status: 0 when every
-expected device accepted (or is current), 1 otherwise, 2 for bad arguments or an unreadable
-bundle.
+A push signs one offer per target (device or group) with ``--key``, publishes the bundle's
+chunks retained at QoS 1 and waits until the broker acknowledged every one, and only then the
+offers (retained), so that no device ever sees an offer whose chunks are not all there; a
+device that is offline now gets the bundle when it comes back, without this tool. If anything
+fails on the way, it replaces everything it published with retained empty payloads (nothing
+of a failed push stays on the broker). After the offer it clears the chunks of the push it
+replaces, and, once every device named with ``--device`` has answered, its own offer and
+chunks. It waits up to ``--timeout`` seconds for each device's answer, then (by default) up
+to ``--probation-timeout`` seconds for the end of each accepting device's probation, and
+prints one line per device: ``confirmed`` (passed its probation), ``rolled_back`` (with the
+reason), ``rejected`` (with the reason), ``current`` (already runs this version), ``accepted``
+(with ``--no-wait-probation``) or ``no answer``. Exit status: 0 when every expected device
+confirmed (``--no-wait-probation``: accepted) or is current, 1 otherwise, 2 for bad arguments
+or an unreadable bundle.
+
+``--rollback MODEL`` names any model the device keeps: ``VERSION`` (0 is a plain ``.tflite``
+it booted from), ``NAME@VERSION``, or a prefix of its sha256 (``sha256:PREFIX`` when the
+prefix is all decimal digits).
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import re
 import secrets
 import sys
 import threading
@@ -32,7 +42,7 @@ import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
@@ -42,6 +52,9 @@ from edged.model.bundle import load_private_key, read_bundle
 from edged.publish.topics import chunk_topic, offer_topic
 from edged.update.command import sign_command
 from edged.update.transfer import DEFAULT_CHUNK_SIZE, Offer, OfferError, make_offer
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 USAGE_ERROR, FAILED, OK = 2, 1, 0
 Row = tuple[str, str, str]  # status, version, reason
@@ -167,6 +180,11 @@ class Broker:
                     raise PushError(f"broker {self.where} did not acknowledge the messages")
                 time.sleep(0.01)
 
+    @property
+    def connected(self) -> bool:
+        with self._cond:
+            return bool(self._connected)
+
     def close(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
@@ -187,7 +205,7 @@ def _json(payload: bytes) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
-# -- push --------------------------------------------------------------------------------------
+# -- push ---------------------------------------------------------------------------------------
 
 
 def push(args: argparse.Namespace) -> dict[str, Row]:
@@ -210,6 +228,41 @@ def push(args: argparse.Namespace) -> dict[str, Row]:
     return send(args, data, bundle.name, bundle.version, bundle.sha256)
 
 
+def signing_key(args: argparse.Namespace) -> Ed25519PrivateKey | None:
+    if args.key is None:
+        return None
+    try:
+        return load_private_key(args.key)
+    except BundleError as err:
+        raise PushError(str(err), USAGE_ERROR) from None
+
+
+def target_of(prefix: str, scope: str) -> str:
+    """``<prefix>/cam-1`` -> ``cam-1``; ``<prefix>/group/lab`` -> ``group/lab``."""
+    return scope[len(prefix) + 1 :]
+
+
+def clear(args: argparse.Namespace, broker: Broker, topics: list[str]) -> None:
+    """Replace what a failed push published with retained empty payloads, on a fresh
+    connection (the old one may still hold, and keep re-sending, what made the push fail)."""
+    broker.close()
+    if not topics:
+        return
+    empties = [(t, b"", True) for t in reversed(topics)]  # the offers (published last) first
+    try:
+        broker = Broker(args)
+        broker.publish_all(empties, args.timeout)
+        print(f"push: cleared the {len(topics)} retained message(s) it published", file=sys.stderr)
+    except PushError as err:
+        print(
+            f"push: warning: could not clear the {len(topics)} retained message(s) it "
+            f"published ({err})",
+            file=sys.stderr,
+        )
+    finally:
+        broker.close()
+
+
 def send(
     args: argparse.Namespace, data: bytes, name: str, version: int, model_sha256: str | None = None
 ) -> dict[str, Row]:
@@ -219,13 +272,25 @@ def send(
     scopes = [f"{p}/{d}" for d in args.device] if args.device else [f"{p}/group/{args.group}"]
     known = list(args.device or args.devices or [])
     tid = secrets.token_hex(8)
+    key = signing_key(args)
     try:
-        offer, chunks = make_offer(
-            data, transfer_id=tid, name=name, version=version, chunk_size=args.chunk_size
-        )
+        offers = {
+            scope: make_offer(
+                data,
+                transfer_id=tid,
+                name=name,
+                version=version,
+                chunk_size=args.chunk_size,
+                target=target_of(p, scope),
+                key=key,
+            )
+            for scope in scopes
+        }
     except OfferError as err:
         raise PushError(str(err), USAGE_ERROR) from None
+    chunks = offers[scopes[0]][1]
     broker = Broker(args)
+    published: list[str] = []
     try:
         if broker.max_packet is not None and args.chunk_size + _HEADROOM > broker.max_packet:
             raise PushError(
@@ -244,71 +309,134 @@ def send(
             active = state.get("active") or {}
             if active.get("version") == version and active.get("sha256") == model_sha256:
                 current[d] = ("current", str(version), "")
-        items: list[tuple[str, bytes, bool]] = []
-        stale: list[tuple[str, bytes, bool]] = []
+        stale = []
         for scope in scopes:
-            items += [(chunk_topic(scope, tid, i), c, True) for i, c in enumerate(chunks)]
-            items.append((offer_topic(scope), offer.to_json(), True))
             try:
                 old = Offer.from_json(before.get(offer_topic(scope), b""))
             except OfferError:
                 continue
-            stale += [
-                (chunk_topic(scope, old.transfer_id, i), b"", True) for i in range(len(old.chunks))
-            ]
+            stale += [chunk_topic(scope, old.transfer_id, i) for i in range(len(old.chunks))]
         t0 = time.monotonic()
+        # Every chunk on the broker (acknowledged) before the offer that points at them.
+        items = [
+            (chunk_topic(scope, tid, i), c, True) for scope in scopes for i, c in enumerate(chunks)
+        ]
+        published += [t for t, _, _ in items]
         broker.publish_all(items, args.timeout)
-        broker.publish_all(stale, args.timeout)
+        offer_items = [(offer_topic(s), offers[s][0].to_json(), True) for s in scopes]
+        published += [t for t, _, _ in offer_items]
+        broker.publish_all(offer_items, args.timeout)
+    except BaseException:
+        clear(args, broker, published)
+        raise
+    try:
+        # The previous push's chunks: superseded by this offer.
+        broker.publish_all([(t, b"", True) for t in stale], args.timeout)
         print(
             f"push: {name} v{version} ({len(data)} bytes, {len(chunks)} chunk(s)) published to "
             f"{', '.join(scopes)} as transfer {tid} in {time.monotonic() - t0:.1f} s",
             file=sys.stderr,
         )
         expected = len(known) if known else args.expect
-        deadline = t0 + args.timeout
-        return answers(
-            broker, lambda r: r.get("transfer_id") == tid, current, expected, deadline, known
-        )
+        rows = answers(
+            broker, tid, current, expected, t0 + args.timeout, known,
+            probation=args.probation_timeout if args.wait_probation else None,
+        )  # fmt: skip
+        if args.device and all(r[0] != NO_ANSWER for r in rows.values()):
+            # Every device has it (or refused it): nothing retained is needed any more.
+            # Offers first: never an offer left without its chunks, even if this is cut short.
+            broker.publish_all([(t, b"", True) for t in reversed(published)], args.timeout)
+        return rows
     finally:
         broker.close()
 
 
+NO_ANSWER = "no answer"
+FINAL = ("confirmed", "rolled_back", "rejected")
+
+
 def answers(
     broker: Broker,
-    match: Callable[[dict[str, Any]], bool],
+    tid: str,
     given: dict[str, Row],
     expected: int,
     deadline: float,
     known: list[str],
+    *,
+    probation: float | None = None,
 ) -> dict[str, Row]:
-    """Wait until ``expected`` devices answered (results matching ``match``) or ``deadline``."""
+    """Wait until ``expected`` devices answered transfer ``tid`` or ``deadline``; then, with
+    ``probation`` (seconds), until each device that accepted it confirmed it or rolled it
+    back. A device's row is its latest answer."""
 
     def collect() -> dict[str, Row]:
         got = dict(given)
         for m in broker.messages():
             r = _json(m.payload) if m.topic.endswith("/update/result") else None
-            if r is not None and match(r):
-                got.setdefault(
-                    str(r.get("device")),
-                    (str(r.get("status")), str(r.get("version")), str(r.get("reason") or "")),
-                )
+            if r is None or r.get("transfer_id") != tid:
+                continue
+            d = str(r.get("device"))
+            row = (str(r.get("status")), str(r.get("version")), str(r.get("reason") or ""))
+            if d not in got or got[d][0] not in FINAL:
+                got[d] = row
         return got
 
     broker.wait(lambda: len(collect()) >= expected, max(0.0, deadline - time.monotonic()))
+    if probation is not None:
+
+        def settled() -> bool:
+            rows = collect()
+            return len(rows) >= expected and all(r[0] != "accepted" for r in rows.values())
+
+        waiting = sum(r[0] == "accepted" for r in collect().values())
+        if waiting:
+            print(
+                f"push: {waiting} device(s) accepted it; waiting up to {probation:g} s for the "
+                "end of their probation (--no-wait-probation: do not wait)",
+                file=sys.stderr,
+            )
+            broker.wait(settled, probation)
     got = collect()
+    if probation is not None:
+        for d, row in got.items():
+            if row[0] == "accepted":
+                got[d] = (NO_ANSWER, row[1], f"accepted, no probation verdict in {probation:g} s")
     for d in known:
-        got.setdefault(d, ("no answer", "-", ""))
+        got.setdefault(d, (NO_ANSWER, "-", ""))
     return got
 
 
 # -- rollback ----------------------------------------------------------------------------------
 
 
+_HEX = re.compile(r"^[0-9a-f]{6,64}$")
+
+
+def rollback_target(spec: str) -> dict[str, Any]:
+    """``7`` (version), ``name@7``, ``sha256:1a2b3c`` or a bare hex prefix (6+ digits, not all
+    decimal) -> the command's fields naming the model; :class:`PushError` otherwise."""
+    spec = spec.strip()
+    if "@" in spec:
+        name, _, version = spec.rpartition("@")
+        if name and version.isdigit():
+            return {"name": name, "version": int(version)}
+    elif spec.startswith("sha256:") and _HEX.match(spec[7:].lower()):
+        return {"sha256": spec[7:].lower()}
+    elif spec.isdigit():
+        return {"version": int(spec)}
+    elif _HEX.match(spec.lower()):
+        return {"sha256": spec.lower()}
+    raise PushError(
+        f"--rollback {spec!r}: give VERSION, NAME@VERSION, or a sha256 prefix (6+ hex digits, "
+        "sha256:PREFIX when it is all decimal digits)",
+        USAGE_ERROR,
+    )
+
+
 def rollback(args: argparse.Namespace) -> dict[str, Row]:
-    try:
-        key = load_private_key(args.key)
-    except BundleError as err:
-        raise PushError(str(err), USAGE_ERROR) from None
+    target = rollback_target(args.rollback)
+    key = signing_key(args)
+    assert key is not None
     p = args.prefix
     broker = Broker(args)
     try:
@@ -316,22 +444,35 @@ def rollback(args: argparse.Namespace) -> dict[str, Row]:
         issued: dict[str, float] = {}
         items = []
         for d in args.device:
-            issued[d] = round(time.time(), 3)
-            cmd = sign_command(
-                key, command="rollback", device=d, version=args.rollback, issued=issued[d]
-            )
+            issued[d] = round(time.time(), 6)
+            cmd = sign_command(key, command="rollback", device=d, issued=issued[d], **target)
             items.append((f"{p}/{d}/update/command", json.dumps(cmd).encode(), False))
         t0 = time.monotonic()
         broker.publish_all(items, args.timeout)
         deadline, devices = t0 + args.timeout, list(args.device)
-        return answers(
-            broker,
-            lambda r: r.get("issued") == issued.get(str(r.get("device"))),
-            {},
-            len(issued),
-            deadline,
-            devices,
-        )
+
+        def collect() -> dict[str, Row]:
+            got: dict[str, Row] = {}
+            for m in broker.messages():
+                r = _json(m.payload)
+                d = str((r or {}).get("device"))
+                if r is not None and r.get("issued") == issued.get(d):
+                    v = r.get("version")
+                    got.setdefault(
+                        d,
+                        (
+                            str(r.get("status")),
+                            "-" if v is None else str(v),
+                            str(r.get("reason") or ""),
+                        ),
+                    )
+            return got
+
+        broker.wait(lambda: len(collect()) >= len(devices), max(0.0, deadline - time.monotonic()))
+        got = collect()
+        for d in devices:
+            got.setdefault(d, (NO_ANSWER, "-", ""))
+        return got
     finally:
         broker.close()
 
@@ -341,7 +482,7 @@ def rollback(args: argparse.Namespace) -> dict[str, Row]:
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
-        prog="python -m tools push",
+        prog="edgectl push",
         description="Send a model bundle to edged devices over MQTT (or a signed rollback).",
     )
     ap.add_argument("bundle", nargs="?", type=Path, help="the .edgb bundle to send")
@@ -349,8 +490,23 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--group", metavar="G", help="a group of devices ([update] groups)")
     ap.add_argument("--expect", type=int, metavar="N", help="group: wait for N answers")
     ap.add_argument("--devices", nargs="+", metavar="ID", help="group: the devices to wait for")
-    ap.add_argument("--rollback", type=int, metavar="VERSION", help="send a rollback command")
-    ap.add_argument("--key", type=Path, help="Ed25519 private key (PEM) signing the command")
+    ap.add_argument(
+        "--rollback",
+        "--rollback-to",
+        dest="rollback",
+        metavar="MODEL",
+        help="send a signed rollback command to MODEL: VERSION (0 = the boot .tflite), "
+        "NAME@VERSION or a sha256 prefix",
+    )
+    ap.add_argument(
+        "--key", type=Path, help="Ed25519 private key (PEM) signing the offer or the command"
+    )
+    ap.add_argument(
+        "--unsigned",
+        action="store_true",
+        help="send an unsigned offer (only devices without trusted_keys and with "
+        "allow_unsigned take it)",
+    )
     ap.add_argument("--host", default="localhost")
     ap.add_argument("--port", type=int, default=1883)
     ap.add_argument("--username")
@@ -358,7 +514,22 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--ca-file", type=Path, help="CA bundle: connect with TLS")
     ap.add_argument("--prefix", default="edged", help="topic prefix (default: edged)")
     ap.add_argument("--protocol", choices=["5", "3.1.1"], default="5")
-    ap.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for answers")
+    ap.add_argument(
+        "--timeout", type=float, default=60.0, help="seconds to wait for acceptance (default 60)"
+    )
+    ap.add_argument(
+        "--probation-timeout",
+        type=float,
+        default=600.0,
+        metavar="S",
+        help="seconds to wait for the verdict of the devices' probation (default 600)",
+    )
+    ap.add_argument(
+        "--no-wait-probation",
+        dest="wait_probation",
+        action="store_false",
+        help="stop at acceptance; do not wait for the end of probation",
+    )
     ap.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE, help="bytes per chunk")
     return ap
 
@@ -371,7 +542,7 @@ def _check(args: argparse.Namespace) -> str | None:
             return "--rollback needs --device and --key"
         return None
     if args.bundle is None:
-        return "give a BUNDLE (or --rollback VERSION)"
+        return "give a BUNDLE (or --rollback MODEL)"
     if bool(args.device) == (args.group is not None):
         return "give --device ID (repeatable) or --group G"
     if args.group is not None and (args.expect is None) == (args.devices is None):
@@ -380,8 +551,10 @@ def _check(args: argparse.Namespace) -> str | None:
         return "--expect and --devices go with --group"
     if args.expect is not None and args.expect < 1:
         return "--expect must be at least 1"
-    if args.timeout <= 0:
-        return "--timeout must be positive"
+    if args.timeout <= 0 or args.probation_timeout <= 0:
+        return "--timeout and --probation-timeout must be positive"
+    if (args.key is None) != args.unsigned:
+        return "give --key KEY.pem (signs the offer) or --unsigned"
     return None
 
 
@@ -390,7 +563,8 @@ def print_table(rows: dict[str, Row]) -> None:
     lines = [header, *((d, *rows[d]) for d in sorted(rows))]
     widths = [max(len(line[i]) for line in lines) for i in range(3)]
     for line in lines:
-        print("  ".join(c.ljust(w) for c, w in zip(line[:3], widths, strict=True)) + "  " + line[3])
+        text = "  ".join(c.ljust(w) for c, w in zip(line[:3], widths, strict=True))
+        print((text + "  " + line[3]).rstrip())
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -414,7 +588,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     print_table(rows)
     if args.expect is not None and len(rows) < args.expect:
         print(f"push: {len(rows)} of {args.expect} expected devices answered", file=sys.stderr)
-    wanted = ("rolled_back",) if args.rollback is not None else OK_STATUSES
+    if args.rollback is not None:
+        wanted: tuple[str, ...] = ("rolled_back",)
+    elif args.wait_probation:
+        wanted = ("confirmed", "current")
+    else:
+        wanted = OK_STATUSES
     expected = len(args.device or args.devices or []) or args.expect
     good = sum(1 for status, _, _ in rows.values() if status in wanted)
     return OK if good >= expected and all(s in wanted for s, _, _ in rows.values()) else FAILED

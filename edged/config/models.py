@@ -282,11 +282,13 @@ class UpdateConfig(_Section):
     trusted_keys: list[Path] = Field(
         default_factory=list,
         max_length=64,
-        description="Ed25519 public keys (PEM) whose signatures are accepted on bundles "
-        "and rollback commands.",
+        description="Ed25519 public keys (PEM) whose signatures are accepted on offers, bundles "
+        "and rollback commands. With keys configured, every offer must be signed by one.",
     )
     allow_unsigned: bool = Field(
-        False, description="Accept unsigned bundles (never rollback commands); testing only."
+        False,
+        description="Accept unsigned bundles (never rollback commands); with no trusted_keys, "
+        "unsigned offers too. Testing only.",
     )
     require_golden: bool = Field(
         True, description="Refuse bundles whose manifest has no golden test vector."
@@ -310,7 +312,15 @@ class UpdateConfig(_Section):
         120.0,
         gt=0,
         le=MAX_SECONDS,
-        description="A transfer without a new chunk for this long is given up.",
+        description="A transfer without a new chunk for this long is given up and reported "
+        "(the retained chunks are asked for again after half of it).",
+    )
+    keep_models: int = Field(
+        3,
+        ge=1,
+        le=20,
+        description="Models kept for a rollback besides the active one (the previous one and "
+        "older ones the device served, the configured model.path included).",
     )
     monitor_frames: int = Field(
         10,

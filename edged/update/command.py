@@ -5,6 +5,10 @@
     {"command": "rollback", "device": "cam-1", "version": 1, "issued": 1732262400.123,
      "key_id": "3f1a...", "signature": "<base64 Ed25519 over the canonical JSON of the rest>"}
 
+The model to go back to is named by ``version`` (0 is a plain ``.tflite`` the device booted
+from), ``sha256`` (a prefix of 6+ hex digits of the model's or the bundle's SHA-256) and/or
+``name``; together they must match exactly one model the device keeps.
+
 The canonical JSON is the object without ``signature``, keys sorted, no spaces, UTF-8. A command
 is accepted only for this device, signed by a trusted key, and ``issued`` later than the last
 command this device accepted (persisted), so a recorded command cannot be replayed. Commands are
@@ -15,13 +19,13 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
-import math
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from edged.errors import BundleError
 from edged.model.bundle import key_id
+from edged.update.wire import WireError, canonical, clip, loads_object
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import (
@@ -30,6 +34,8 @@ if TYPE_CHECKING:
     )
 
 COMMANDS = ("rollback",)
+MAX_COMMAND_BYTES = 4096
+_SHA_PREFIX = re.compile(r"^[0-9a-f]{6,64}$")
 
 
 class CommandError(ValueError):
@@ -40,54 +46,84 @@ class CommandError(ValueError):
 class Command:
     command: str
     device: str
-    version: int
+    version: int | None  # the model to go back to: by version (0 = the boot .tflite) ...
     issued: float
     key_id: str
+    sha256: str | None = None  # ... and/or by a prefix of its sha256 (model or bundle) ...
+    name: str | None = None  # ... and/or by name
 
-
-def canonical(fields: dict[str, Any]) -> bytes:
-    return json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode(
-        "utf-8"
-    )
+    def target(self) -> str:
+        """How the command names the model, for messages."""
+        parts = []
+        if self.name is not None:
+            parts.append(self.name)
+        if self.version is not None:
+            parts.append(f"v{self.version}")
+        if self.sha256 is not None:
+            parts.append(f"sha256 {self.sha256}")
+        return " ".join(parts)
 
 
 def sign_command(
-    key: Ed25519PrivateKey, *, command: str, device: str, version: int, issued: float
+    key: Ed25519PrivateKey,
+    *,
+    command: str,
+    device: str,
+    version: int | None = None,
+    issued: float,
+    sha256: str | None = None,
+    name: str | None = None,
 ) -> dict[str, Any]:
     """The full command object, signed (host side)."""
     fields: dict[str, Any] = {
         "command": command,
         "device": device,
-        "version": version,
         "issued": issued,
         "key_id": key_id(key.public_key()),
     }
+    for k, v in (("version", version), ("sha256", sha256), ("name", name)):
+        if v is not None:
+            fields[k] = v
     signature = base64.b64encode(key.sign(canonical(fields))).decode("ascii")
     return {**fields, "signature": signature}
 
 
 def parse_command(payload: bytes) -> tuple[dict[str, Any], bytes]:
-    """(fields without the signature, signature bytes); :class:`CommandError` if malformed."""
+    """(fields without the signature, signature bytes); :class:`CommandError` if malformed.
+    Never raises anything else."""
     try:
-        raw = json.loads(payload)
-    except (UnicodeDecodeError, ValueError):
-        raise CommandError("command is not valid JSON") from None
-    if not isinstance(raw, dict):
-        raise CommandError("command is not a JSON object")
-    fields = dict(raw)
+        fields = loads_object(payload, "command", MAX_COMMAND_BYTES)
+    except WireError as err:
+        raise CommandError(str(err)) from None
+    sig = fields.pop("signature", None)
+    if not isinstance(sig, str) or len(sig) > 200:
+        raise CommandError("command is not signed (no valid base64 'signature')")
     try:
-        signature = base64.b64decode(str(fields.pop("signature")), validate=True)
-    except (KeyError, binascii.Error, ValueError):
+        signature = base64.b64decode(sig, validate=True)
+    except (binascii.Error, ValueError):
         raise CommandError("command is not signed (no valid base64 'signature')") from None
-    if fields.get("command") not in COMMANDS:
-        raise CommandError(f"unknown command {fields.get('command')!r}")
+    command = fields.get("command")
+    if not isinstance(command, str) or command not in COMMANDS:
+        raise CommandError(f"unknown command {clip(repr(command), 60)}")
     version, issued = fields.get("version"), fields.get("issued")
-    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
-        raise CommandError("command version must be a positive integer")
-    if not isinstance(issued, int | float) or isinstance(issued, bool) or not math.isfinite(issued):
+    sha, name = fields.get("sha256"), fields.get("name")
+    if version is not None and (
+        not isinstance(version, int) or isinstance(version, bool) or not 0 <= version <= 2**53
+    ):
+        raise CommandError("command version must be an integer >= 0")
+    if sha is not None and (not isinstance(sha, str) or not _SHA_PREFIX.match(sha)):
+        raise CommandError("command sha256 must be 6-64 lowercase hex digits")
+    if name is not None and (not isinstance(name, str) or not 0 < len(name) <= 128):
+        raise CommandError("command name must be a string of 1-128 characters")
+    if version is None and sha is None:
+        raise CommandError("command names no model (give a version or a sha256)")
+    if not isinstance(issued, int | float) or isinstance(issued, bool) or not 0 <= issued < 1e12:
         raise CommandError("command 'issued' must be a number (unix time)")
-    if not isinstance(fields.get("device"), str) or not isinstance(fields.get("key_id"), str):
+    device, kid = fields.get("device"), fields.get("key_id")
+    if not isinstance(device, str) or not isinstance(kid, str):
         raise CommandError("command needs 'device' and 'key_id' strings")
+    if len(device) > 200 or len(kid) > 64:
+        raise CommandError("command 'device' or 'key_id' is too long")
     return fields, signature
 
 
@@ -105,17 +141,19 @@ def verify_command(
     cmd = Command(
         command=str(fields["command"]),
         device=str(fields["device"]),
-        version=int(fields["version"]),
+        version=fields.get("version"),
         issued=float(fields["issued"]),
         key_id=str(fields["key_id"]),
+        sha256=fields.get("sha256"),
+        name=fields.get("name"),
     )
     if cmd.device != device:
-        raise CommandError(f"command is for device {cmd.device!r}, not {device!r}")
+        raise CommandError(f"command is for device {clip(repr(cmd.device), 80)}, not {device!r}")
     if not trusted_keys:
         raise CommandError("no trusted keys configured (update.trusted_keys)")
     key = next((k for k in trusted_keys if key_id(k) == cmd.key_id), None)
     if key is None:
-        raise CommandError(f"command signed by unknown key {cmd.key_id}")
+        raise CommandError(f"command signed by unknown key {clip(cmd.key_id, 64)}")
     try:
         key.verify(signature, canonical(fields))
     except InvalidSignature:

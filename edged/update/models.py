@@ -31,7 +31,8 @@ MAX_BOOT_ATTEMPTS = 2
 
 
 def config_record(clf: Classifier, path: Path) -> ModelRecord:
-    """The record of the configured model (``model.path``)."""
+    """The record of the configured model (``model.path``). A plain ``.tflite`` has no
+    version of its own: it is version 0, named by its file name, and known by its sha256."""
     info = clf.info
     try:
         bundle_sha: str | None = hashlib.sha256(Path(path).read_bytes()).hexdigest()
@@ -39,7 +40,7 @@ def config_record(clf: Classifier, path: Path) -> ModelRecord:
         bundle_sha = None
     return ModelRecord(
         name=info.name,
-        version=info.version,
+        version=info.version if info.version is not None else 0,
         sha256=info.sha256,
         file=str(Path(path).resolve()),
         bundle_sha256=bundle_sha,
@@ -50,8 +51,12 @@ def is_config_model(record: ModelRecord, cfg: Config) -> bool:
     return Path(record.file).is_absolute() and Path(record.file) == Path(cfg.model.path).resolve()
 
 
-def load_record(record: ModelRecord, store: Store, cfg: Config) -> Classifier:
-    """Load a stored model; :class:`ModelError` if it is missing, changed or unloadable."""
+def load_record(
+    record: ModelRecord, store: Store, cfg: Config, *, strict: bool = False
+) -> Classifier:
+    """Load a stored model; :class:`ModelError` if it is missing, changed or unloadable
+    (``strict``: a configured model whose file changed since it was recorded is refused too,
+    as a rollback to that model must give that model)."""
     m = cfg.model
     path = store.path_of(record)
     if Path(record.file).is_absolute():  # the configured model (or one like it)
@@ -66,6 +71,11 @@ def load_record(record: ModelRecord, store: Store, cfg: Config) -> Classifier:
             softmax=m.softmax,
         )
         if clf.info.sha256 != record.sha256:
+            if strict:
+                raise ModelError(
+                    f"{path} changed since it was served (sha256 {clf.info.sha256[:12]}, "
+                    f"was {record.sha256[:12]})"
+                )
             log.warning("%s changed since it was recorded; using it as it is now", path)
         return clf
     try:
@@ -112,7 +122,7 @@ def boot(cfg: Config) -> Boot:
                 f"{describe(active)} did not pass its probation in {MAX_BOOT_ATTEMPTS} starts; "
                 f"back to {describe(state.previous)}"
             )
-            _go_back(state, note)
+            _go_back(state, note, cfg.update.keep_models)
     for attempt in (state.active, state.previous):
         if attempt is None:
             continue
@@ -122,7 +132,7 @@ def boot(cfg: Config) -> Boot:
             log.error("cannot load stored model %s: %s", describe(attempt), err)
             if attempt is state.active and state.previous is not None:
                 note = f"{describe(attempt)} could not be loaded ({err}); back to {describe(state.previous)}"
-                _go_back(state, note, drop_failed=True)
+                _go_back(state, note, cfg.update.keep_models, drop_failed=True)
             dirty = True
             continue
         if dirty:
@@ -134,12 +144,15 @@ def boot(cfg: Config) -> Boot:
     return Boot(None, state, note)
 
 
-def _go_back(state: State, reason: str, *, drop_failed: bool = False) -> None:
+def _go_back(state: State, reason: str, keep: int, *, drop_failed: bool = False) -> None:
     failed = state.active
     assert failed is not None and state.previous is not None
-    state.active = state.previous
-    state.active.confirmed = True
-    state.previous = None if drop_failed else failed
+    target = state.previous
+    target.confirmed = True
+    state.activate(target, keep)
+    if drop_failed:
+        rest = [r for r in state.kept() if r.file != failed.file]
+        state.previous, state.history = (rest[0] if rest else None), rest[1:]
     state.boot_attempts = 0
     state.note(failed.transfer_id, failed.version, "rolled_back", reason)
 

@@ -4,14 +4,19 @@ The chunk topic of a transfer is subscribed only once its offer has been accepte
 (retained messages on different topics arrive in no guaranteed order), and chunks of any other
 transfer are dropped on paho's thread before they are queued. An offer on the scope of the
 transfer in progress (a new push) replaces it; offers on other scopes wait, and the highest
-version waiting goes next. A transfer that makes no progress for ``timeout_s`` asks the broker
-for the retained chunks once more (a new SUBSCRIBE), and is given up after another
-``timeout_s``.
+version waiting goes next. A transfer that makes no progress for half of ``timeout_s`` asks
+the broker for the retained chunks once more (a new SUBSCRIBE), and is given up (and answered
+``rejected``) when ``timeout_s`` passes without a new chunk: a transfer that cannot complete
+(a chunk missing on the broker) ends within ``timeout_s`` of its last chunk.
+
+Offers reach the receiver parsed and authenticated (:class:`~edged.update.updater.Updater`);
+nothing is reserved before. Chunks are screened on paho's thread (:meth:`Receiver.match`):
+only the current transfer's, only indices in range, each index queued at most once -- so the
+bytes waiting in the queue never exceed the bundle's size, which the signed offer declared.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import shutil
 import threading
@@ -22,7 +27,7 @@ from pathlib import Path
 from edged.publish.mqtt import Publisher
 from edged.publish.topics import chunk_topic, offer_topic
 from edged.update.store import Store
-from edged.update.transfer import Offer, OfferError, Transfer, TransferError
+from edged.update.transfer import Offer, Transfer, TransferError
 
 log = logging.getLogger("edged.update")
 
@@ -41,7 +46,7 @@ class Receiver:
     """``screen(offer)`` returns False to ignore an offer quietly, raises :class:`Refused` to
     refuse it, True to receive it; ``refuse(offer, reason)`` reports; ``complete(offer, path)``
     gets each assembled, checked bundle file (which it may move; what is left is removed);
-    ``malformed(reason)`` reports an offer that could not be parsed (once per payload)."""
+    ``changed()`` is called when a transfer starts or ends."""
 
     def __init__(
         self,
@@ -53,19 +58,20 @@ class Receiver:
         screen: Callable[[Offer], bool],
         refuse: Callable[[Offer, str], None],
         complete: Callable[[Offer, Path], None],
-        malformed: Callable[[str], None],
+        changed: Callable[[], None] = lambda: None,
     ) -> None:
         self.store = store
         self.publisher = publisher
         self.scopes = scopes
         self.timeout_s = timeout_s
         self._screen, self._refuse = screen, refuse
-        self._complete, self._malformed = complete, malformed
+        self._complete, self._changed = complete, changed
         self._lock = threading.Lock()
         self._chunk_prefix: str | None = None  # "<scope>/update/chunk/<tid>/" being received
+        self._chunk_count = 0
+        self._queued: set[int] = set()  # chunk indices handed to the update thread
         self.current: Transfer | None = None
         self._pending: dict[str, Offer] = {}  # scope -> newest offer not yet handled
-        self._bad: set[str] = set()  # digests of malformed offers already reported
 
     def subscribe(self) -> None:
         for scope in self.scopes:
@@ -78,25 +84,32 @@ class Receiver:
                 return ("offer", scope)
         with self._lock:
             prefix = self._chunk_prefix
-        if prefix is not None and topic.startswith(prefix):
-            return ("chunk", prefix, topic[len(prefix) :])
-        return None
+            if prefix is None or not topic.startswith(prefix):
+                return None
+            tail = topic[len(prefix) :]
+            if not (tail.isascii() and tail.isdigit() and len(tail) <= 6):
+                return None
+            index = int(tail)
+            if index >= self._chunk_count or index in self._queued:
+                return None  # out of range, or a duplicate (re-delivered retained chunk)
+            self._queued.add(index)
+        return ("chunk", prefix, tail)
+
+    def requeue(self, index: int) -> None:
+        """Chunk ``index`` was not written: let a re-delivered copy through again."""
+        with self._lock:
+            self._queued.discard(index)
 
     # -- the update thread ---------------------------------------------------------------------
 
-    def offer(self, scope: str, payload: bytes) -> None:
-        if not payload:  # a cleared retained offer
-            return
-        try:
-            offer = Offer.from_json(payload)
-        except OfferError as err:
-            digest = hashlib.sha256(payload).hexdigest()
-            if digest not in self._bad:
-                if len(self._bad) >= 1024:  # bounded: a flood of distinct junk offers
-                    self._bad.clear()
-                self._bad.add(digest)
-                self._malformed(str(err))
-            return
+    def busy_with(self, transfer_id: str) -> bool:
+        cur = self.current
+        return (cur is not None and cur.offer.transfer_id == transfer_id) or any(
+            o.transfer_id == transfer_id for o in self._pending.values()
+        )
+
+    def offer(self, scope: str, offer: Offer) -> None:
+        """An authenticated offer for ``scope``."""
         cur = self.current
         if cur is not None and cur.offer.transfer_id == offer.transfer_id:
             return  # the retained offer again (after a reconnect)
@@ -136,15 +149,22 @@ class Receiver:
 
     def tick(self) -> None:
         cur = self.current
-        if cur is None or time.monotonic() - cur.progress < self.timeout_s:
+        if cur is None:
             return
-        if not cur.resubscribed:  # the broker sends the retained chunks again
-            cur.resubscribed, cur.progress = True, time.monotonic()
+        idle = time.monotonic() - cur.progress
+        if not cur.resubscribed and idle >= self.timeout_s / 2:
+            cur.resubscribed = True  # the broker sends the retained chunks again
             log.info("update %s: no progress, subscribing again", cur.offer.transfer_id)
             self.publisher.subscribe(chunk_topic(cur.scope, cur.offer.transfer_id, "+"))
             return
+        if idle < self.timeout_s:
+            return
         n = len(cur.offer.chunks)
-        self._drop(f"transfer stalled with {len(cur.received)} of {n} chunks", answer=True)
+        self._drop(
+            f"transfer stalled with {len(cur.received)} of {n} chunks "
+            f"(no chunk for {self.timeout_s:g} s: update.transfer_timeout_s)",
+            answer=True,
+        )
 
     def _next(self) -> None:
         while self.current is None and self._pending:
@@ -170,7 +190,10 @@ class Receiver:
         self.current = transfer
         with self._lock:
             self._chunk_prefix = chunk_topic(scope, tid, "")
+            self._chunk_count = len(offer.chunks)
+            self._queued = set()
         self.publisher.subscribe(chunk_topic(scope, tid, "+"))
+        self._changed()
         log.info(
             "update %s: receiving %s v%d (%d bytes, %d chunks) from %s",
             tid, offer.name, offer.version, offer.size, len(offer.chunks), scope,
@@ -180,8 +203,11 @@ class Receiver:
         self.current = None
         with self._lock:
             self._chunk_prefix = None
+            self._chunk_count = 0
+            self._queued = set()
         # Stop the broker re-sending this transfer's retained chunks after every reconnect.
         self.publisher.unsubscribe(chunk_topic(cur.scope, cur.offer.transfer_id, "+"))
+        self._changed()
 
     def _drop(self, reason: str, *, answer: bool = False) -> None:
         cur = self.current

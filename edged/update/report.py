@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any
 
@@ -18,8 +19,8 @@ def result_payload(
     reason: str,
     **extra: Any,
 ) -> dict[str, Any]:
-    """``status``: accepted | rejected | rolled_back. Command results add ``command`` and
-    ``issued`` (the command's own), with ``transfer_id`` null."""
+    """``status``: accepted | rejected | rolled_back | confirmed (passed probation). Command
+    results add ``command`` and ``issued`` (the command's own), with ``transfer_id`` null."""
     return {
         "schema": SCHEMA,
         "device": device,
@@ -33,12 +34,53 @@ def result_payload(
     }
 
 
-def model_payload(device: str, state: State) -> dict[str, Any]:
-    """The retained model topic: what runs now, what a rollback returns to, the last update."""
+def model_payload(
+    device: str,
+    state: State,
+    *,
+    groups: list[str] | None = None,
+    receiving: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The retained model topic: what runs now (``confirmed`` false while on probation), what
+    a rollback returns to (``previous``, and every model kept in ``kept``), the last update,
+    the transfer in progress (``receiving``, null when none) and the device's update groups."""
+    active = state.active
     return {
         "schema": SCHEMA,
         "device": device,
-        "active": state.active.ref() if state.active is not None else None,
+        "active": {**active.ref(), "confirmed": active.confirmed} if active is not None else None,
         "previous": state.previous.ref() if state.previous is not None else None,
+        "kept": [r.ref() for r in state.kept()],
         "last_update": state.last_update,
+        "receiving": receiving,
+        "groups": list(groups or []),
     }
+
+
+class Throttle:
+    """At most ``burst`` events at once and ``rate`` a second on average (a token bucket);
+    :meth:`allow` is thread-safe and counts what it refused (``suppressed``, reset by
+    :meth:`take_suppressed`)."""
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate, self.burst = rate, burst
+        self._tokens = float(burst)
+        self._at = time.monotonic()
+        self._lock = threading.Lock()
+        self.suppressed = 0
+
+    def allow(self) -> bool:
+        with self._lock:
+            now = time.monotonic()
+            self._tokens = min(self.burst, self._tokens + (now - self._at) * self.rate)
+            self._at = now
+            if self._tokens >= 1:
+                self._tokens -= 1
+                return True
+            self.suppressed += 1
+            return False
+
+    def take_suppressed(self) -> int:
+        with self._lock:
+            n, self.suppressed = self.suppressed, 0
+            return n

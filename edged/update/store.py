@@ -3,15 +3,18 @@
 ::
 
     <state_dir>/models/
-        state.json               {"active", "previous", "highest_version", "last_command_issued",
-                                  "last_update", "answered", "boot_attempts"}
+        state.json               {"active", "previous", "history", "highest_version",
+                                  "last_command_issued", "offer_issued", "last_update",
+                                  "answered", "boot_attempts"}
         2-1a2b3c4d5e6f.edgb      installed bundles: <version>-<first 12 hex of bundle sha256>
         .<transfer_id>.part      a transfer in progress (removed at startup)
 
 Every file is written to a temporary name, fsynced, renamed into place, and the directory is
 fsynced. Writing ``state.json`` is the commit point of an update or rollback: after a power cut
 at any moment the state names exactly the old or the new model, and the bundle it names is
-complete. Only the active and the previous bundle are kept.
+complete. The active bundle, the previous one and the ``history`` of earlier models served
+(``[update] keep_models`` in all besides the active one) are kept: any of them can be rolled
+back to.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ MODELS = "models"
 STATE = "state.json"
 BUNDLE_NAME = re.compile(r"^(\d+)-([0-9a-f]{12})\.edgb$")
 MAX_ANSWERED = 32  # transfer ids remembered as answered
+MAX_SCOPES = 64  # offer scopes whose last "issued" is remembered
 
 
 @dataclass(slots=True)
@@ -72,8 +76,10 @@ class ModelRecord:
 class State:
     active: ModelRecord | None = None
     previous: ModelRecord | None = None
+    history: list[ModelRecord] = field(default_factory=list)  # served before previous, newest first
     highest_version: int = 0  # replay/downgrade floor: offers must be above it
     last_command_issued: float | None = None  # commands must be issued after it
+    offer_issued: dict[str, float] = field(default_factory=dict)  # target -> last offer acted on
     last_update: dict[str, Any] | None = None  # {transfer_id, version, status, reason, ts}
     answered: list[str] = field(default_factory=list)  # transfer ids answered (newest last)
     boot_attempts: int = 0  # starts with an unconfirmed active model
@@ -88,15 +94,43 @@ class State:
         if not isinstance(raw, dict):
             raise ValueError("state is not a JSON object")
         issued = raw.get("last_command_issued")
+        history = [ModelRecord.from_dict(r) for r in raw.get("history") or []]
+        offers = raw.get("offer_issued") or {}
         return cls(
             active=ModelRecord.from_dict(raw.get("active")),
             previous=ModelRecord.from_dict(raw.get("previous")),
+            history=[r for r in history if r is not None],
+            offer_issued={str(k): float(v) for k, v in dict(offers).items()},
             highest_version=int(raw.get("highest_version") or 0),
             last_command_issued=float(issued) if issued is not None else None,
             last_update=raw.get("last_update"),
             answered=[str(t) for t in raw.get("answered") or []][-MAX_ANSWERED:],
             boot_attempts=int(raw.get("boot_attempts") or 0),
         )
+
+    def kept(self) -> list[ModelRecord]:
+        """Every model that can be rolled back to: the previous one first, then older."""
+        return [r for r in (self.previous, *self.history) if r is not None]
+
+    def activate(self, record: ModelRecord, keep: int) -> ModelRecord | None:
+        """Make ``record`` active; the model it replaces becomes ``previous`` and the rest
+        move down the history (``keep`` models kept besides the active one, ``record`` taken
+        out of them). Returns the replaced model."""
+        old = self.active
+        rest = [r for r in self.kept() if not _same(r, record)]
+        if old is not None and not _same(old, record):
+            rest.insert(0, old)
+        rest = _unique(rest)[: max(1, keep)]
+        self.active = record
+        self.previous = rest[0] if rest else None
+        self.history = rest[1:]
+        return old
+
+    def offer_seen(self, target: str, issued: float) -> None:
+        self.offer_issued[target] = issued
+        if len(self.offer_issued) > MAX_SCOPES:
+            oldest = min(self.offer_issued, key=lambda k: self.offer_issued[k])
+            del self.offer_issued[oldest]
 
     def remember(self, transfer_id: str) -> None:
         if transfer_id not in self.answered:
@@ -113,6 +147,18 @@ class State:
             "reason": reason,
             "ts": iso_utc(time.time()),
         }
+
+
+def _same(a: ModelRecord, b: ModelRecord) -> bool:
+    return a.file == b.file
+
+
+def _unique(records: list[ModelRecord]) -> list[ModelRecord]:
+    out: list[ModelRecord] = []
+    for r in records:
+        if not any(_same(r, o) for o in out):
+            out.append(r)
+    return out
 
 
 def fsync_dir(path: Path) -> None:
@@ -199,9 +245,9 @@ class Store:
         return p if p.is_absolute() else self.dir / p
 
     def cleanup(self, state: State, keep: Path | None = None) -> list[str]:
-        """Delete installed bundles other than the active and previous ones (and ``keep``,
+        """Delete installed bundles other than the active and kept ones (and ``keep``,
         the configured model), and leftover transfer files; returns the names removed."""
-        kept = {r.file for r in (state.active, state.previous) if r is not None}
+        kept = {r.file for r in (state.active, *state.kept()) if r is not None}
         if keep is not None and Path(keep).parent.resolve() == self.dir.resolve():
             kept.add(Path(keep).name)
         removed = []

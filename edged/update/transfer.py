@@ -3,7 +3,15 @@
 An offer (JSON, retained on ``<scope>/update/offer``)::
 
     {"transfer_id": "9f2c61d0a4b3e857", "name": "digits", "version": 2, "size": 36614,
-     "sha256": "<of the whole bundle>", "chunk_size": 131072, "chunks": ["<sha256>", ...]}
+     "sha256": "<of the whole bundle>", "chunk_size": 131072, "chunks": ["<sha256>", ...],
+     "target": "cam-1" | "group/lab", "issued": 1732262400.123456,
+     "key_id": "3f1a...", "signature": "<base64 Ed25519 over the canonical JSON of the rest>"}
+
+The canonical JSON is the object without ``signature``, keys sorted, no spaces, UTF-8 (as for
+commands). A device with trusted keys verifies the signature before it reserves anything for
+the transfer, checks that ``target`` is the scope the offer arrived on (an offer signed for
+another device or group cannot be moved), and that ``issued`` is later than the last offer it
+acted on for that scope (a recorded offer cannot be replayed).
 
 Chunk ``i`` is the raw bytes ``bundle[i * chunk_size : (i + 1) * chunk_size]``, retained on
 ``<scope>/update/chunk/<transfer_id>/<i>``. Every chunk is checked against its hash as it
@@ -13,6 +21,8 @@ checked against ``sha256`` at the end.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextlib
 import hashlib
 import json
@@ -20,9 +30,17 @@ import math
 import os
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from edged.update.wire import WireError, canonical, clip, integer, loads_object
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+        Ed25519PrivateKey,
+        Ed25519PublicKey,
+    )
 
 DEFAULT_CHUNK_SIZE = 128 * 1024  # fits a broker capped at 256 KB packets (max_packet_size)
 MIN_CHUNK_SIZE = 1024
@@ -40,6 +58,17 @@ class TransferError(ValueError):
     """A chunk or an assembled bundle that does not match its offer."""
 
 
+MAX_NAME = 128
+MAX_SIZE = 1 << 40
+OFFER_OVERHEAD = 4096  # bytes of an offer besides its chunk digests
+
+
+def max_offer_bytes(max_bundle_bytes: int) -> int:
+    """The largest offer payload a device with this bundle limit can need."""
+    chunks = min(MAX_CHUNKS, math.ceil(max_bundle_bytes / MIN_CHUNK_SIZE))
+    return OFFER_OVERHEAD + 67 * chunks
+
+
 @dataclass(frozen=True, slots=True)
 class Offer:
     transfer_id: str
@@ -49,9 +78,15 @@ class Offer:
     sha256: str
     chunk_size: int
     chunks: tuple[str, ...]
+    target: str = ""  # "<device_id>" or "group/<group>": the scope it was published for
+    issued: float = 0.0  # unix time at the host; a device refuses one not after the last
+    key_id: str | None = None
+    signature: bytes | None = None
+    signed: bytes = field(default=b"", compare=False, repr=False)  # what the signature covers
 
-    def to_json(self) -> bytes:
-        body = {
+    def body(self) -> dict[str, Any]:
+        """The offer's fields without the signature (what is signed)."""
+        body: dict[str, Any] = {
             "transfer_id": self.transfer_id,
             "name": self.name,
             "version": self.version,
@@ -59,53 +94,109 @@ class Offer:
             "sha256": self.sha256,
             "chunk_size": self.chunk_size,
             "chunks": list(self.chunks),
+            "target": self.target,
+            "issued": self.issued,
         }
+        if self.key_id is not None:
+            body["key_id"] = self.key_id
+        return body
+
+    def to_json(self) -> bytes:
+        body = self.body()
+        if self.signature is not None:
+            body["signature"] = base64.b64encode(self.signature).decode("ascii")
         return json.dumps(body, separators=(",", ":")).encode("utf-8")
+
+    def sign(self, key: Ed25519PrivateKey) -> Offer:
+        """This offer signed with ``key`` (host side)."""
+        from edged.model.bundle import key_id
+
+        unsigned = replace(self, key_id=key_id(key.public_key()), signature=None)
+        signed = canonical(unsigned.body())
+        return replace(unsigned, signature=key.sign(signed), signed=signed)
 
     def chunk_length(self, index: int) -> int:
         return min(self.chunk_size, self.size - index * self.chunk_size)
 
     @classmethod
-    def from_json(cls, payload: bytes) -> Offer:
-        """Parse and check an offer's own consistency (not its size limit: the caller's)."""
+    def from_json(cls, payload: bytes, max_bytes: int = 1 << 30) -> Offer:
+        """Parse and check an offer's own consistency (not its size limit, nor its signature:
+        the caller's). Never raises anything but :class:`OfferError`."""
         try:
-            raw = json.loads(payload)
-        except (UnicodeDecodeError, ValueError):
-            raise OfferError("offer is not valid JSON") from None
-        if not isinstance(raw, dict):
-            raise OfferError("offer is not a JSON object")
+            raw = loads_object(payload, "offer", max_bytes)
+        except WireError as err:
+            raise OfferError(str(err)) from None
+        try:
+            return cls._from_raw(raw)
+        except WireError as err:
+            raise OfferError(str(err)) from None
+
+    @classmethod
+    def _from_raw(cls, raw: dict[str, Any]) -> Offer:
         tid = raw.get("transfer_id")
         if not isinstance(tid, str) or not TRANSFER_ID.match(tid):
             raise OfferError("offer has no valid transfer_id (1-64 of A-Z a-z 0-9 _ -)")
         name, chunks = raw.get("name"), raw.get("chunks")
-        version, size, chunk_size = (_int(raw, k) for k in ("version", "size", "chunk_size"))
-        if not isinstance(name, str) or not name:
-            raise OfferError("offer has no name")
-        if version < 1:
-            raise OfferError("offer version must be a positive integer")
-        if size < 1:
-            raise OfferError("offer size must be a positive integer")
-        if not MIN_CHUNK_SIZE <= chunk_size <= MAX_CHUNK_SIZE:
-            raise OfferError(f"offer chunk_size must be {MIN_CHUNK_SIZE}..{MAX_CHUNK_SIZE}")
+        if not isinstance(name, str) or not 0 < len(name) <= MAX_NAME or not name.isprintable():
+            raise OfferError(f"offer has no name (1-{MAX_NAME} printable characters)")
+        version = integer(raw, "version", "offer", 1, 2**53)
+        size = integer(raw, "size", "offer", 1, MAX_SIZE)
+        chunk_size = integer(raw, "chunk_size", "offer", MIN_CHUNK_SIZE, MAX_CHUNK_SIZE)
         if not _is_sha256(raw.get("sha256")):
             raise OfferError("offer sha256 is not a hex SHA-256")
         expected = math.ceil(size / chunk_size)
+        if expected > MAX_CHUNKS:
+            raise OfferError(f"offer has more than {MAX_CHUNKS} chunks")
         if (
             not isinstance(chunks, list)
             or len(chunks) != expected
             or not all(_is_sha256(c) for c in chunks)
         ):
             raise OfferError(f"offer must list {expected} chunk SHA-256 digests")
-        if expected > MAX_CHUNKS:
-            raise OfferError(f"offer has more than {MAX_CHUNKS} chunks")
-        return cls(tid, name, version, size, str(raw["sha256"]), chunk_size, tuple(chunks))
+        target, issued = raw.get("target", ""), raw.get("issued", 0.0)
+        if not isinstance(target, str) or len(target) > 200:
+            raise OfferError("offer target must be a string")
+        if (
+            not isinstance(issued, int | float)
+            or isinstance(issued, bool)
+            or not 0 <= issued < 1e12
+        ):
+            raise OfferError("offer issued must be a unix time")
+        kid, sig = raw.get("key_id"), raw.get("signature")
+        signature: bytes | None = None
+        if sig is not None:
+            if not isinstance(kid, str) or not isinstance(sig, str) or len(sig) > 200:
+                raise OfferError("offer signature needs a key_id and a base64 signature")
+            try:
+                signature = base64.b64decode(sig, validate=True)
+            except (binascii.Error, ValueError):
+                raise OfferError("offer signature is not base64") from None
+        elif kid is not None and not isinstance(kid, str):
+            raise OfferError("offer key_id must be a string")
+        signed = canonical({k: v for k, v in raw.items() if k != "signature"})
+        return cls(
+            tid, name, version, size, str(raw["sha256"]), chunk_size, tuple(chunks),
+            target, issued, kid if isinstance(kid, str) else None, signature, signed,
+        )  # fmt: skip
 
 
-def _int(raw: dict[str, Any], key: str) -> int:
-    value = raw.get(key)
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise OfferError(f"offer {key} must be an integer")
-    return value
+def verify_offer(offer: Offer, trusted_keys: list[Ed25519PublicKey]) -> str:
+    """The key id that signed ``offer``; :class:`OfferError` when it is unsigned, signed by a
+    key not in ``trusted_keys``, or its signature does not match."""
+    from cryptography.exceptions import InvalidSignature
+
+    from edged.model.bundle import key_id
+
+    if offer.signature is None or offer.key_id is None:
+        raise OfferError("offer is not signed (a device with trusted keys needs signed offers)")
+    key = next((k for k in trusted_keys if key_id(k) == offer.key_id), None)
+    if key is None:
+        raise OfferError(f"offer signed by unknown key {clip(offer.key_id, 40)}")
+    try:
+        key.verify(offer.signature, offer.signed)
+    except InvalidSignature:
+        raise OfferError(f"bad offer signature (key {offer.key_id})") from None
+    return offer.key_id
 
 
 def _is_sha256(value: Any) -> bool:
@@ -117,9 +208,17 @@ def split(data: bytes, chunk_size: int) -> list[bytes]:
 
 
 def make_offer(
-    data: bytes, *, transfer_id: str, name: str, version: int, chunk_size: int
+    data: bytes,
+    *,
+    transfer_id: str,
+    name: str,
+    version: int,
+    chunk_size: int,
+    target: str = "",
+    issued: float | None = None,
+    key: Ed25519PrivateKey | None = None,
 ) -> tuple[Offer, list[bytes]]:
-    """The offer for ``data`` and its chunks (host side)."""
+    """The offer for ``data`` (signed with ``key`` when given) and its chunks (host side)."""
     if not MIN_CHUNK_SIZE <= chunk_size <= MAX_CHUNK_SIZE:
         raise OfferError(f"chunk size must be {MIN_CHUNK_SIZE}..{MAX_CHUNK_SIZE} bytes")
     chunks = split(data, chunk_size)
@@ -131,7 +230,11 @@ def make_offer(
         sha256=hashlib.sha256(data).hexdigest(),
         chunk_size=chunk_size,
         chunks=tuple(hashlib.sha256(c).hexdigest() for c in chunks),
+        target=target,
+        issued=round(time.time(), 6) if issued is None else issued,
     )
+    if key is not None:
+        offer = offer.sign(key)
     return offer, chunks
 
 

@@ -1,16 +1,20 @@
 """Orchestration of over-the-air updates on the device (see ``edged.update`` for the protocol).
 
 Threads: paho's network thread calls :meth:`Updater.on_message`, which only sorts the message
-into a queue (chunks of anything but the current transfer are dropped there); the frame loop
+into a bounded queue (chunks of anything but the current transfer are dropped there, offers are
+coalesced to the newest per scope, commands are limited in size and number); the frame loop
 takes swaps from :attr:`Updater.slot` and reports in-service verdicts through the monitor;
 everything else -- writing chunks, verifying, validating, loading, committing, rolling back,
 reporting -- happens on the update thread, one thing at a time.
+
+No payload on an update topic can raise out of its handler: a refused message gets one line on
+``update/result`` and in the log, both rate limited (``REFUSALS_PER_S``), so a flood of them
+costs the device nothing else. An offer is authenticated (its Ed25519 signature, its target,
+its ``issued`` time) before anything is reserved for it.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
 import queue
 import threading
@@ -24,34 +28,53 @@ import numpy as np
 from edged import events
 from edged.config import Config
 from edged.errors import BundleError, EdgedError
-from edged.guard import KindLog, one_line
 from edged.model.bundle import read_bundle
 from edged.model.classifier import Classifier
 from edged.publish.mqtt import Publisher
 from edged.publish.topics import offer_topic
-from edged.update.command import CommandError, load_trusted_keys, verify_command
+from edged.update.command import (
+    MAX_COMMAND_BYTES,
+    Command,
+    CommandError,
+    load_trusted_keys,
+    verify_command,
+)
 from edged.update.models import Boot, config_record, describe, load_record
 from edged.update.monitor import ServiceMonitor
 from edged.update.receiver import Receiver, Refused, oserror
-from edged.update.report import model_payload, result_payload
+from edged.update.report import Throttle, model_payload, result_payload
 from edged.update.slot import ModelSlot, Swap
 from edged.update.store import ModelRecord, Store
-from edged.update.transfer import Offer
+from edged.update.transfer import Offer, OfferError, max_offer_bytes, verify_offer
 from edged.update.validate import Validator
+from edged.update.wire import WireError, clip, loads_object
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 log = logging.getLogger("edged.update")
 
-ACCEPTED, REJECTED, ROLLED_BACK = "accepted", "rejected", "rolled_back"
-MAX_QUEUED_REQUESTS = 64  # offers and commands waiting for the update thread (flood bound)
+ACCEPTED, REJECTED, ROLLED_BACK, CONFIRMED = "accepted", "rejected", "rolled_back", "confirmed"
+REFUSALS_PER_S, REFUSAL_BURST = 1.0, 5  # results for unauthenticated or malformed input
+LOG_EVERY_S = 10.0  # log lines for them: one per this many seconds
+MAX_QUEUED_COMMANDS = 8
 
 
 def warm_up(clf: Classifier) -> None:
     """First-run set-up of a new model here, not in the first frame's latency."""
     w, h = clf.input_size()
     clf.classify(np.zeros((h, w, 3), np.uint8), 1)
+
+
+def _issued_of(payload: bytes) -> float | None:
+    """A refused command's own ``issued`` (for the sender to match the answer), if sane."""
+    try:
+        issued = loads_object(payload, "command", MAX_COMMAND_BYTES).get("issued")
+    except WireError:
+        return None
+    if not isinstance(issued, int | float) or isinstance(issued, bool) or not 0 <= issued < 1e12:
+        return None
+    return float(issued)
 
 
 class Updater:
@@ -74,9 +97,12 @@ class Updater:
         self.state = state
         self._boot_note = boot.rolled_back
         self._queue: queue.Queue[tuple[Any, ...]] = queue.Queue()
-        self._requests = 0  # offers and commands in _queue (bounded: MAX_QUEUED_REQUESTS)
-        self._requests_lock = threading.Lock()
-        self._limited = KindLog(log)
+        self._inbox_lock = threading.Lock()
+        self._offers: dict[str, bytes] = {}  # scope -> newest offer payload not yet handled
+        self._commands = 0  # commands queued
+        self._max_offer = max_offer_bytes(self.ucfg.max_bundle_bytes)
+        self._refusals = Throttle(REFUSALS_PER_S, REFUSAL_BURST)
+        self._log_throttle = Throttle(1 / LOG_EVERY_S, 1)
         self.receiver = Receiver(
             self.store,
             publisher,
@@ -85,7 +111,7 @@ class Updater:
             screen=self._screen,
             refuse=lambda offer, reason: self._answer(offer, REJECTED, reason),
             complete=self._install,
-            malformed=self._malformed,
+            changed=self._publish_model,
         )
         self._keys: list[Ed25519PublicKey] | None = None
         self._stop = threading.Event()
@@ -137,28 +163,58 @@ class Updater:
     # -- inputs from other threads -------------------------------------------------------------
 
     def on_message(self, topic: str, payload: bytes) -> None:
-        """paho's network thread: sort and queue, nothing more. Never raises; at most
-        ``MAX_QUEUED_REQUESTS`` offers and commands wait (a flood beyond is dropped, logged
-        at most once per 10 s)."""
+        """paho's network thread: sort and queue, nothing more; never raises."""
         try:
-            if topic == self.topics.update_command:
-                item: tuple[Any, ...] = ("command", payload)
-            else:
-                match = self.receiver.match(topic)
-                if match is None:
-                    return
-                item = (*match, payload)
-            if item[0] != "chunk":
-                with self._requests_lock:
-                    if self._requests >= MAX_QUEUED_REQUESTS:
-                        self._limited.warning(
-                            "flood", "updates: too many offers/commands waiting; dropping one"
-                        )
-                        return
-                    self._requests += 1
-            self._queue.put(item)
-        except Exception as err:  # a bug: this message is lost, paho's thread goes on
-            self._limited.error("message", f"updates: a message failed: {one_line(repr(err))}")
+            self._sort(topic, bytes(payload))
+        except Exception as err:  # a bug: the network thread must go on
+            self._refused("update message", f"cannot handle it ({type(err).__name__})")
+
+    def _sort(self, topic: str, payload: bytes) -> None:
+        if topic == self.topics.update_command:
+            if len(payload) > MAX_COMMAND_BYTES:
+                self._refused(
+                    "command", f"{len(payload)} bytes, over the {MAX_COMMAND_BYTES}-byte limit"
+                )
+                return
+            with self._inbox_lock:
+                if self._commands >= MAX_QUEUED_COMMANDS:
+                    full = True
+                else:
+                    full, self._commands = False, self._commands + 1
+            if full:
+                self._refused("command", "too many commands waiting")
+                return
+            self._queue.put(("command", payload))
+            return
+        match = self.receiver.match(topic)
+        if match is None:
+            return
+        if match[0] == "offer":
+            if len(payload) > self._max_offer:
+                self._refused(
+                    "offer", f"{len(payload)} bytes, over the {self._max_offer}-byte limit"
+                )
+                return
+            with self._inbox_lock:
+                waiting = match[1] in self._offers
+                self._offers[match[1]] = payload
+            if not waiting:
+                self._queue.put(match)
+            return
+        self._queue.put((*match, payload))
+
+    def _refused(self, what: str, reason: str, **extra: Any) -> None:
+        """A refused message from outside (unauthenticated or malformed): a result and a log
+        line, both rate limited; any thread."""
+        reason = clip(f"{what} refused: {reason}")
+        if self._log_throttle.allow():
+            n = self._log_throttle.take_suppressed()
+            more = f" ({n} similar suppressed)" if n else ""
+            log.warning("%s%s", reason, more)
+        else:
+            log.debug("%s", reason)
+        if self._refusals.allow():
+            self._publish_result(None, None, None, REJECTED, reason, **extra)
 
     def _monitor(self, record: ModelRecord) -> ServiceMonitor:
         tid = record.transfer_id
@@ -184,24 +240,61 @@ class Updater:
 
     def _step(self, item: tuple[Any, ...]) -> None:
         """One queued item on the update thread; nothing it holds can raise out of here."""
-        if item[0] in ("offer", "command"):
-            with self._requests_lock:
-                self._requests -= 1
         try:
             getattr(self, f"_on_{item[0]}")(*item[1:])
             self.receiver.tick()
         except Exception as err:  # a bug: keep the daemon and the update thread alive
-            self._limited.error(
-                f"step-{item[0]}",
-                f"update thread: handling {item[0]} failed: {one_line(repr(err))}",
-            )
+            self._refused(str(item[0]), f"handling it failed ({type(err).__name__})")
             log.debug("update thread: handling %s failed", item[0], exc_info=True)
 
     def _on_tick(self) -> None:
         pass
 
-    def _on_offer(self, scope: str, payload: bytes) -> None:
-        self.receiver.offer(scope, payload)
+    def _on_offer(self, scope: str) -> None:
+        with self._inbox_lock:
+            payload = self._offers.pop(scope, b"")
+        if not payload:  # a cleared retained offer
+            return
+        try:
+            offer = Offer.from_json(payload, self._max_offer)
+        except OfferError as err:
+            self._refused("offer", str(err))
+            return
+        target = scope[len(self.topics.prefix) + 1 :]
+        if offer.target != target:
+            self._refused("offer", f"it is for {clip(repr(offer.target), 80)}, not {target!r}")
+            return
+        try:
+            self._authenticate(offer)
+        except (OfferError, BundleError) as err:
+            self._refused("offer", str(err))
+            return
+        if offer.transfer_id in self.state.answered or self.receiver.busy_with(offer.transfer_id):
+            return  # the retained offer again (after a reconnect or a restart)
+        last = self.state.offer_issued.get(target)
+        if last is not None and offer.issued < last:
+            self._refused(
+                "offer",
+                f"transfer {offer.transfer_id} was issued at {offer.issued}, before the last "
+                f"offer for {target} ({last}): replay refused",
+            )
+            return
+        if last != offer.issued:
+            self.state.offer_seen(target, offer.issued)
+            try:
+                self.store.save(self.state)
+            except OSError as err:
+                log.debug("cannot save the update state: %s", err)
+        self.receiver.offer(scope, offer)
+
+    def _authenticate(self, offer: Offer) -> None:
+        """Raise :class:`OfferError` unless the offer may be received: signed by a trusted
+        key when keys are configured; unsigned only with no keys and ``allow_unsigned``."""
+        keys = self._trusted_keys()
+        if keys:
+            verify_offer(offer, keys)
+        elif not self.ucfg.allow_unsigned:
+            raise OfferError("no trusted keys configured (update.trusted_keys)")
 
     def _on_chunk(self, prefix: str, index: str, payload: bytes) -> None:
         self.receiver.chunk(prefix, index, payload)
@@ -225,10 +318,6 @@ class Updater:
                 f"{state.highest_version} (replay or downgrade refused)"
             )
         return True
-
-    def _malformed(self, reason: str) -> None:
-        log.warning("update offer refused: %s", reason)
-        self._publish_result(None, None, None, REJECTED, reason)
 
     # -- install, rollback ---------------------------------------------------------------------
 
@@ -267,7 +356,8 @@ class Updater:
                 bundle.name, bundle.version, clf.info.sha256, installed, offer.sha256,
                 confirmed=False, transfer_id=offer.transfer_id,
             )  # fmt: skip
-            state = replace(self.state, active=record, previous=self.state.active)
+            state = replace(self.state, history=list(self.state.history))
+            state.activate(record, self.ucfg.keep_models)
             state.highest_version = max(state.highest_version, bundle.version)
             state.boot_attempts = 0
             state.note(offer.transfer_id, offer.version, ACCEPTED, "")
@@ -310,14 +400,17 @@ class Updater:
     def _rollback(
         self, target: ModelRecord, reason: str, tid: str | None, version: int | None, **extra: Any
     ) -> str:
-        """Make ``target`` (the previous model) active again; returns "" or why it failed."""
+        """Make ``target`` (a kept model) active again; returns "" or why it failed. A command
+        (no ``tid``) must get the very model it named; an automatic rollback (a failing model)
+        takes the configured model.path even if that file changed meanwhile."""
         try:
-            clf = load_record(target, self.store, self.cfg)
+            clf = load_record(target, self.store, self.cfg, strict=tid is None)
             warm_up(clf)
         except (EdgedError, OSError) as err:
             return f"cannot load {describe(target)}: {err}"
         failed = self.state.active
-        state = replace(self.state, active=replace(target, confirmed=True), previous=failed)
+        state = replace(self.state, history=list(self.state.history))
+        state.activate(replace(target, confirmed=True), self.ucfg.keep_models)
         state.boot_attempts = 0
         state.note(tid, version, ROLLED_BACK, reason)
         try:
@@ -327,7 +420,7 @@ class Updater:
         self.state = state
         self._swap(clf, None)
         log.warning("rolled back to %s: %s", describe(target), reason)
-        name = failed.name if failed is not None else None
+        name = (failed.name if failed is not None else None) if tid else target.name
         self._publish_result(tid, name, version, ROLLED_BACK, reason, **extra)
         self._publish_model()
         return ""
@@ -345,19 +438,19 @@ class Updater:
         if active is None or active.transfer_id != tid or active.confirmed:
             return
         state = replace(self.state, active=replace(active, confirmed=True), boot_attempts=0)
+        state.note(tid, active.version, CONFIRMED, "passed its probation")
         try:
             self.store.save(state)
         except OSError as err:
             log.warning("cannot record that %s passed its probation: %s", describe(active), err)
         self.state = state
         log.info("%s passed its probation", describe(active))
+        self._publish_result(tid, active.name, active.version, CONFIRMED, "passed its probation")
+        self._publish_model()
 
     def _on_command(self, payload: bytes) -> None:
-        extra: dict[str, Any] = {"command": "rollback", "issued": None}
-        version: int | None = None
-        with contextlib.suppress(ValueError, TypeError, AttributeError):  # echo what it said
-            raw = json.loads(payload)
-            extra["issued"], version = raw.get("issued"), raw.get("version")
+        with self._inbox_lock:
+            self._commands -= 1
         try:
             cmd = verify_command(
                 payload,
@@ -365,27 +458,51 @@ class Updater:
                 trusted_keys=self._trusted_keys(),
                 last_issued=self.state.last_command_issued,
             )
-            extra["issued"], version = cmd.issued, cmd.version
+        except (CommandError, BundleError) as err:
+            self._refused("command", str(err), command="rollback", issued=_issued_of(payload))
+            return
+        extra: dict[str, Any] = {"command": cmd.command, "issued": cmd.issued}
+        try:
             state = replace(self.state, last_command_issued=cmd.issued)
             try:
                 self.store.save(state)  # before acting: a command is never run twice
             except OSError as err:
                 raise Refused(f"cannot record the command: {oserror(err)}") from None
             self.state = state
-            active, previous = state.active, state.previous
-            if active is not None and active.version == cmd.version:
-                raise Refused(f"version {cmd.version} is already active")
-            if previous is None or previous.version != cmd.version:
-                raise Refused(
-                    f"version {cmd.version} is not kept here (previous: {describe(previous)})"
-                )
+            target = self._find(cmd)
             reason = f"rollback command (key {cmd.key_id})"
-            problem = self._rollback(previous, reason, None, cmd.version, **extra)
+            problem = self._rollback(target, reason, None, target.version, **extra)
             if problem:
                 raise Refused(problem)
-        except (CommandError, Refused, BundleError) as err:
+        except (Refused, BundleError) as err:
             log.warning("command refused: %s", err)
-            self._publish_result(None, None, version, REJECTED, str(err), **extra)
+            self._publish_result(None, None, cmd.version, REJECTED, str(err), **extra)
+
+    def _find(self, cmd: Command) -> ModelRecord:
+        """The kept model that ``cmd`` names (exactly one), else :class:`Refused`."""
+
+        def matches(r: ModelRecord) -> bool:
+            if cmd.version is not None and (r.version or 0) != cmd.version:
+                return False
+            if cmd.name is not None and r.name != cmd.name:
+                return False
+            shas = (r.sha256, r.bundle_sha256 or "")
+            return cmd.sha256 is None or any(x.startswith(cmd.sha256) for x in shas)
+
+        active = self.state.active
+        found = [r for r in (active, *self.state.kept()) if r is not None and matches(r)]
+        if len(found) > 1:
+            names = ", ".join(f"{describe(r)}{' (active)' if r is active else ''}" for r in found)
+            raise Refused(
+                f"{cmd.target()} is ambiguous: {names} (name a version, or a longer sha256 "
+                "prefix: of the bundle if they share a model)"
+            )
+        if found and found[0] is active:
+            raise Refused(f"{cmd.target()} is already active ({describe(active)})")
+        if not found:
+            kept = ", ".join(f"{describe(r)} ({r.sha256[:12]})" for r in self.state.kept())
+            raise Refused(f"{cmd.target()} is not kept here (kept: {kept or 'none'})")
+        return found[0]
 
     # -- reporting -----------------------------------------------------------------------------
 
@@ -418,5 +535,18 @@ class Updater:
         self.publisher.publish(self.topics.update_result, events.dumps(payload), qos=1)
 
     def _publish_model(self) -> None:
-        payload = model_payload(self.device, self.state)
+        cur = self.receiver.current
+        receiving = (
+            {
+                "transfer_id": cur.offer.transfer_id,
+                "name": cur.offer.name,
+                "version": cur.offer.version,
+                "chunks": len(cur.offer.chunks),
+            }
+            if cur is not None
+            else None
+        )
+        payload = model_payload(
+            self.device, self.state, groups=list(self.ucfg.groups), receiving=receiving
+        )
         self.publisher.publish(self.topics.model, events.dumps(payload), qos=1, retain=True)

@@ -575,7 +575,7 @@ def test_mutated_models_pushed_as_updates_never_crash_the_daemon(
     before = sample_process(daemon.pid)
     args = push_tool.build_parser().parse_args(
         ["x", "--device", DEVICE, "--host", broker.host, "--port", str(broker.port),
-         "--timeout", "30"]
+         "--timeout", "30", "--key", str(keys.private_path), "--no-wait-probation"]
     )  # fmt: skip
     rng = random.Random(20240601)
     outcomes: dict[str, int] = {}

@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parents[2]
 def test_usage_lists_the_commands(capsys: pytest.CaptureFixture[str]) -> None:
     assert dispatcher.main(["--help"]) == 0
     out = capsys.readouterr().out
-    for command in ("train", "bundle", "keygen", "push"):
+    for command in ("train", "bundle", "keygen", "push", "status"):
         assert f"  {command} " in out
     assert dispatcher.main([]) == 2
 

@@ -21,6 +21,9 @@ from tools.push import main
         (["--device", "a"], "give a BUNDLE"),
         (["--rollback", "1", "--device", "a"], "--rollback needs --device and --key"),
         (["b.edgb", "--rollback", "1", "--device", "a", "--key", "k"], "--rollback takes no"),
+        (["b.edgb", "--device", "a"], "give --key KEY.pem (signs the offer) or --unsigned"),
+        (["b.edgb", "--device", "a", "--key", "k", "--unsigned"], "give --key KEY.pem"),
+        (["--rollback", "v1", "--device", "a", "--key", "k"], "give VERSION, NAME@VERSION"),
     ],
 )
 def test_bad_arguments_exit_2_with_one_line(
@@ -34,11 +37,11 @@ def test_bad_arguments_exit_2_with_one_line(
 def test_unreadable_or_invalid_bundles_exit_2(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main([str(tmp_path / "missing.edgb"), "--device", "a"]) == 2
+    assert main([str(tmp_path / "missing.edgb"), "--device", "a", "--unsigned"]) == 2
     assert "cannot read" in capsys.readouterr().err
     junk = tmp_path / "junk.edgb"
     junk.write_bytes(b"PK\x03\x04 not really a zip")
-    assert main([str(junk), "--device", "a"]) == 2
+    assert main([str(junk), "--device", "a", "--unsigned"]) == 2
     assert "not a valid bundle" in capsys.readouterr().err
 
 
@@ -46,7 +49,17 @@ def test_an_unreachable_broker_exits_1(tmp_path: Path, capsys: pytest.CaptureFix
     bundle = tmp_path / "b.edgb"
     bundle.write_bytes(make_bundle(2, None))
     rc = main(
-        ["push", str(bundle), "--device", "a", "--host", "127.0.0.1", "--port", str(free_port())]
+        [
+            "push",
+            str(bundle),
+            "--device",
+            "a",
+            "--unsigned",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(free_port()),
+        ]
     )
     err = capsys.readouterr().err
     assert rc == 1 and "cannot connect to 127.0.0.1" in err

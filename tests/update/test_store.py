@@ -105,3 +105,27 @@ def test_answered_transfer_ids_are_bounded() -> None:
         state.remember(f"t{i}")
     state.remember("t99")
     assert len(state.answered) == store_mod.MAX_ANSWERED and state.answered[-1] == "t99"
+
+
+def test_activate_keeps_every_model_served_up_to_keep_and_cleanup_spares_them(
+    tmp_path: Path,
+) -> None:
+    store = Store(tmp_path)
+    store.ensure_dir()
+    boot = ModelRecord("boot", 0, "ef" * 32, "/etc/edged/boot.tflite")
+    state = State(active=boot)
+    records = [_record(v, f"{v}-{v:012x}.edgb") for v in range(2, 7)]
+    for r in records:
+        (store.dir / r.file).write_bytes(b"x")
+        state.activate(r, keep=3)
+    assert state.active == records[-1]
+    assert [r.version for r in state.kept()] == [5, 4, 3]  # boot (0) and v2 fell off
+    state.activate(records[1], keep=3)  # back to v3: it leaves the kept list, v6 joins it
+    assert state.active is records[1]
+    assert [r.version for r in state.kept()] == [6, 5, 4]
+    state.offer_seen("cam-1", 5.0)
+    store.save(state)
+    assert store.load() == state
+    removed = store.cleanup(state)
+    assert removed == ["2-000000000002.edgb"]
+    assert sorted(p.name for p in store.dir.glob("*.edgb")) == [r.file for r in records[1:]]

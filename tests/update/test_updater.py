@@ -24,7 +24,7 @@ from edged.update import transfer as transfer_mod
 from edged.update.models import boot
 from edged.update.monitor import ServiceMonitor
 from edged.update.store import Store
-from edged.update.transfer import make_offer
+from edged.update.transfer import Offer, make_offer
 from edged.update.updater import Updater
 from edged.update.validate import Validator
 from tests.daemon import DEMO_MODEL, SAMPLES
@@ -109,8 +109,9 @@ def _config(tmp_path: Path, keys: Keys, **update: Any) -> Config:
 
 
 class Rig:
-    def __init__(self, cfg: Config) -> None:
+    def __init__(self, cfg: Config, keys: Keys | None = None) -> None:
         self.cfg = cfg
+        self.keys = keys
         self.pub = FakePublisher()
         b = boot(cfg)
         clf = b.classifier or Classifier.load(cfg.model.path)
@@ -119,9 +120,7 @@ class Rig:
         self.updater.start()
 
     def deliver(self, data: bytes, version: int, tid: str) -> None:
-        offer, chunks = make_offer(
-            data, transfer_id=tid, name="digits", version=version, chunk_size=16384
-        )
+        offer, chunks = self.offer(data, version, tid)
         self.updater.on_message("edged/cam-1/update/offer", offer.to_json())
         deadline = time.monotonic() + 5
         while chunk_topic("edged/cam-1", tid, "+") not in self.pub.subscribed:
@@ -132,6 +131,14 @@ class Rig:
         for i, c in enumerate(chunks):
             self.updater.on_message(chunk_topic("edged/cam-1", tid, i), c)
 
+    def offer(self, data: bytes, version: int, tid: str) -> tuple[Offer, list[bytes]]:
+        """A signed offer for this device (the rig's keys)."""
+        assert self.keys is not None
+        return make_offer(
+            data, transfer_id=tid, name="digits", version=version, chunk_size=16384,
+            target="cam-1", key=self.keys.private,
+        )  # fmt: skip
+
     def close(self) -> None:
         self.updater.stop()
         self.loop.stop()
@@ -139,7 +146,7 @@ class Rig:
 
 @pytest.fixture
 def rig(tmp_path: Path, keys: Keys) -> Iterator[Rig]:
-    r = Rig(_config(tmp_path, keys))
+    r = Rig(_config(tmp_path, keys), keys)
     yield r
     r.close()
 
@@ -207,7 +214,7 @@ def test_a_crash_between_install_and_commit_restarts_on_the_old_model(
     tmp_path: Path, keys: Keys, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     cfg = _config(tmp_path, keys)
-    rig = Rig(cfg)
+    rig = Rig(cfg, keys)
     try:
         real = store_mod.os.replace
         calls = []
@@ -221,7 +228,8 @@ def test_a_crash_between_install_and_commit_restarts_on_the_old_model(
         monkeypatch.setattr(store_mod.os, "replace", replace)
         rig.deliver(make_bundle(2, keys), 2, "t2")
         assert "simulated power cut" in rig.pub.wait_result()["reason"]
-        assert calls[0].startswith("2-") and "state.json" in calls
+        bundle = next(i for i, c in enumerate(calls) if c.startswith("2-"))
+        assert "state.json" in calls[bundle:]  # the offer's own record may come first
     finally:
         rig.close()
         monkeypatch.undo()
@@ -232,7 +240,7 @@ def test_a_crash_between_install_and_commit_restarts_on_the_old_model(
     orphan = models / "2-0123456789ab.edgb"
     orphan.write_bytes(make_bundle(2, keys))
     (models / ".t3.part").write_bytes(b"half a transfer")
-    again = Rig(cfg)
+    again = Rig(cfg, keys)
     try:
         assert again.loop.classifier.info.version == 1
         assert again.pub.model_state()["active"]["version"] == 1
@@ -261,7 +269,7 @@ def test_a_model_that_never_passes_probation_is_dropped_after_repeated_starts(
     tmp_path: Path, keys: Keys
 ) -> None:
     cfg = _config(tmp_path, keys)
-    rig = Rig(cfg)
+    rig = Rig(cfg, keys)
     rig.deliver(make_bundle(2, keys), 2, "t2")
     assert rig.pub.wait_result()["status"] == "accepted"
     rig.close()  # "crashed" before its probation ended
@@ -279,7 +287,7 @@ def test_a_stop_during_validation_is_not_a_refusal(
     slow = [sys.executable, "-c", "import time; time.sleep(30)"]
     monkeypatch.setattr(Validator, "command", lambda self, path: slow)
     cfg = _config(tmp_path, keys)
-    rig = Rig(cfg)
+    rig = Rig(cfg, keys)
     rig.deliver(make_bundle(2, keys), 2, "t2")
     time.sleep(0.5)  # validating
     t0 = time.monotonic()
@@ -290,18 +298,18 @@ def test_a_stop_during_validation_is_not_a_refusal(
 
 
 def test_a_stalled_transfer_asks_again_then_gives_up(tmp_path: Path, keys: Keys) -> None:
-    rig = Rig(_config(tmp_path, keys, transfer_timeout_s=0.3))
+    rig = Rig(_config(tmp_path, keys, transfer_timeout_s=0.6), keys)
     try:
         data = make_bundle(2, keys)
-        offer, chunks = make_offer(
-            data, transfer_id="t2", name="digits", version=2, chunk_size=16384
-        )
+        offer, chunks = rig.offer(data, 2, "t2")
         rig.updater.on_message("edged/cam-1/update/offer", offer.to_json())
         time.sleep(0.2)
         rig.updater.on_message(chunk_topic("edged/cam-1", "t2", 0), chunks[0])
         result = rig.pub.wait_result(timeout=10)
         n = len(chunks)
-        assert result["reason"] == f"transfer stalled with 1 of {n} chunks"
+        assert result["reason"] == (
+            f"transfer stalled with 1 of {n} chunks (no chunk for 0.6 s: update.transfer_timeout_s)"
+        )
         assert rig.pub.subscribed.count(chunk_topic("edged/cam-1", "t2", "+")) == 2  # asked again
         _assert_v1_live(rig)
         assert not list(Store(rig.cfg.state_dir).dir.glob(".*.part"))
@@ -309,21 +317,23 @@ def test_a_stalled_transfer_asks_again_then_gives_up(tmp_path: Path, keys: Keys)
         rig.close()
 
 
-def test_a_new_push_replaces_the_transfer_in_progress_and_bad_offers_are_answered_once(
+def test_a_new_push_replaces_the_transfer_in_progress_and_old_offers_are_refused(
     rig: Rig, keys: Keys
 ) -> None:
     old = make_bundle(2, keys, pad=40_000)
-    offer, chunks = make_offer(old, transfer_id="old", name="digits", version=2, chunk_size=16384)
+    offer, chunks = rig.offer(old, 2, "old")
     rig.updater.on_message("edged/cam-1/update/offer", offer.to_json())
     rig.updater.on_message(chunk_topic("edged/cam-1", "old", 0), chunks[0])
+    time.sleep(0.2)
     rig.deliver(make_bundle(3, keys), 3, "new")  # the same scope: replaces "old"
     result = rig.pub.wait_result()
     assert (result["transfer_id"], result["status"], result["version"]) == ("new", "accepted", 3)
-    for _ in range(3):  # e.g. re-delivered at every reconnect
-        rig.updater.on_message("edged/cam-1/update/offer", b'{"transfer_id": "x"}')
-        rig.updater.on_message("edged/cam-1/update/offer", offer.to_json())  # v2 < 3 now
+    rig.updater.on_message("edged/cam-1/update/offer", b'{"transfer_id": "x"}')
     bad = rig.pub.wait_result(2)
     assert bad["status"] == "rejected" and bad["transfer_id"] is None
-    assert rig.pub.wait_result(3)["reason"].startswith("version 2 is not above")
+    assert bad["reason"] == "offer refused: offer has no name (1-128 printable characters)"
+    rig.updater.on_message("edged/cam-1/update/offer", offer.to_json())  # recorded, replayed
+    replay = rig.pub.wait_result(3)["reason"]
+    assert replay.startswith("offer refused: transfer old was issued at") and "replay" in replay
     time.sleep(0.3)
     assert len(rig.pub.results()) == 3
