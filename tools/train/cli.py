@@ -109,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
         dest="cache_features",
         action="store_false",
         help="pretrained backbones: run the frozen backbone every head epoch (with every "
-        "augmentation) instead of once per image and its mirror image",
+        "augmentation) instead of once per image, its features cached",
     )
     t.add_argument("--batch-size", type=int, default=32)
     t.add_argument("--augment", choices=AUGMENTS, default="photo")

@@ -10,11 +10,11 @@ what gets converted, takes normalised input.
   ``fine-tune`` then unfreezes the backbone's top ``fine_tune_layers`` layers (batch norms stay
   frozen) at a lower learning rate.
 * With ``cache_features`` (the default), the frozen backbone runs once per image instead of
-  once per image and epoch: phase ``head`` trains the top on the backbone's pooled features,
-  computed once for each image and, with the ``photo`` augmentation, once more for its mirror
-  image (the one distortion that leaves a photo's class and statistics alone); the other
-  distortions are not applied in that phase. Training the head then takes seconds instead of
-  a backbone pass per epoch.
+  once per image and epoch: phase ``head`` trains the top on the backbone's pooled features of
+  the undistorted training images. Training the head then takes seconds instead of a
+  backbone pass per epoch. No augmentation in that phase: caching the mirror images' features
+  too (twice the backbone time) did not change the held-out accuracy on the flowers
+  (EfficientNet-Lite0: 92.0 % without, 91.5-92.1 % with, over three head recipes).
 
 Early stopping (``patience`` > 0) watches the validation loss in each phase and restores the
 best epoch's weights at its end.
@@ -217,22 +217,14 @@ def _optimizer(lr: float, steps: int, weight_decay: float) -> Any:
     return keras.optimizers.Adam(schedule)
 
 
-def feature_views(augment: str) -> list[str]:
-    """The views of each training image whose features are cached: the image, and its mirror
-    image when the augmentation flips photos."""
-    return ["image", "mirror"] if augment == "photo" else ["image"]
-
-
 def pooled_features(
-    extractor: Any, pixels: np.ndarray, arch: Arch, *, mirror: bool = False, batch: int = 64
+    extractor: Any, pixels: np.ndarray, arch: Arch, *, batch: int = 64
 ) -> np.ndarray:
     """``extractor`` (normalised image -> pooled features) over ``pixels`` (0..255), in
-    batches; ``mirror`` flips each image left-right first."""
+    batches."""
     out: list[np.ndarray] = []
     for i in range(0, len(pixels), batch):
         x = pixels[i : i + batch]
-        if mirror:
-            x = x[:, :, ::-1, :]
         x = (x.astype(np.float32) - np.float32(arch.mean)) / np.float32(arch.std)
         out.append(np.asarray(extractor.predict_on_batch(x), dtype=np.float32))
     if not out:
@@ -261,16 +253,13 @@ def head_on_features(
     core = built.core
     pool, dropout, probs = (core.get_layer(n) for n in ("pool", "dropout", "probs"))
     extractor = keras.Model(core.inputs, pool.output, name="features")
-    views = feature_views(cfg.augment)
     started = time.monotonic()
-    feats = [pooled_features(extractor, x_train, arch, mirror=v == "mirror") for v in views]
-    f_train = np.concatenate(feats)
-    t_train = np.concatenate([y_train] * len(views))
+    f_train, t_train = pooled_features(extractor, x_train, arch), y_train
     f_val = pooled_features(extractor, x_val, arch)
     cached = time.monotonic() - started
     log(
-        f"phase head: backbone features cached for {len(x_train)} training images "
-        f"({' + '.join(views)}) and {len(x_val)} validation images in {cached:.0f} s"
+        f"phase head: backbone features cached for {len(x_train)} training and {len(x_val)} "
+        f"validation images in {cached:.0f} s"
     )
     inputs = keras.Input(shape=f_train.shape[1:], name="features")
     head = keras.Model(inputs, probs(dropout(inputs)), name="head")

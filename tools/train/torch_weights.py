@@ -36,7 +36,7 @@ LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 LEGACY_PROTOCOL = 1001
 MAX_ELEMENTS = 1 << 31  # per storage: far above any edge backbone, far below a memory bomb
 # Storage class name -> element dtype (little-endian).
-STORAGE_DTYPES = {
+STORAGE_DTYPES: dict[str, np.dtype[Any]] = {
     "FloatStorage": np.dtype("<f4"),
     "DoubleStorage": np.dtype("<f8"),
     "HalfStorage": np.dtype("<f2"),
@@ -56,13 +56,13 @@ class WeightsError(ValueError):
 class _StorageType:
     def __init__(self, name: str) -> None:
         self.name = name
-        self.dtype = STORAGE_DTYPES[name]
+        self.dtype: np.dtype[Any] = STORAGE_DTYPES[name]
 
 
 class _StorageRef:
     """A storage named in the pickle; filled with data after unpickling."""
 
-    def __init__(self, key: str, dtype: np.dtype, numel: int) -> None:
+    def __init__(self, key: str, dtype: np.dtype[Any], numel: int) -> None:
         self.key, self.dtype, self.numel = key, dtype, numel
         self.data: np.ndarray | None = None
 
