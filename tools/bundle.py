@@ -39,7 +39,7 @@ from edged.model.bundle import (
     read_bundle,
 )
 from edged.model.classifier import Classifier
-from edged.model.labels import read_labels
+from edged.model.labels import is_background, read_labels
 from edged.model.runtime import load_interpreter
 from tools import quality
 from tools.quality import Verdict
@@ -414,6 +414,13 @@ def _run(args: argparse.Namespace) -> BuiltBundle:
         clf = device_classifier(model, labels, mean=args.mean, std=args.std)
     except EdgedError as err:
         raise ToolError(str(err)) from None
+    n = clf.info.num_classes
+    if len(labels) == n + 1 and is_background(labels[0]):  # what the daemon does, said aloud
+        _warn(
+            f"{args.labels}: {len(labels)} labels for {n} outputs: the first, {labels[0]!r}, "
+            "is dropped (as the daemon does)"
+        )
+        labels = labels[1:]
     floor = min_output_range(model)
     if args.eval_dir is not None:
         verdict = gate_on_folder(clf, labels, args.eval_dir, floor)

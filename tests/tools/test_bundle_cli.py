@@ -10,6 +10,7 @@ import pytest
 from edged.errors import BundleError
 from edged.model.bundle import GOLDEN, read_bundle
 from edged.model.classifier import Classifier
+from tests.realdata import MODELS, PHOTOS, load_rgb, requires_realdata
 from tools.bundle import main, make_bundle, replay_golden, synthetic_frame
 from tools.keygen import main as keygen
 
@@ -17,6 +18,7 @@ pytest.importorskip("ai_edge_litert")
 
 REPO = Path(__file__).resolve().parents[2]
 DIGITS = read_bundle((REPO / "models" / "digits.edgb").read_bytes())
+CIFAR10 = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 
 @pytest.fixture
@@ -272,3 +274,42 @@ def test_probe_frames_are_varied() -> None:
     assert len(frames) == 16 and all(f.shape == (24, 32, 3) for f in frames)
     flat = np.stack([f.reshape(-1).astype(np.int16) for f in frames])
     assert len({f.tobytes() for f in frames}) == 16 and flat.std(axis=0).mean() > 30
+
+
+@requires_realdata
+def test_the_standard_imagenet_label_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Coral's MobileNet v2 (1001 outputs) with the standard 1001-line ImageNet label file,
+    which the daemon accepts: bundled, the repeats named."""
+    model = MODELS / "coral_mobilenet_v2_1.0_224_quant.tflite"
+    labels = MODELS / "labels_mobilenet_quant_v1_224.txt"
+    out = tmp_path / "in.edgb"
+    argv = [str(model), "--labels", str(labels), "--name", "imagenet", "--version", "1"]
+    assert main([*argv, "--out", str(out)]) == 0
+    assert capsys.readouterr().err == (
+        "bundle: warning: 2 repeated labels: 'crane' (outputs 135, 518), 'maillot' (outputs "
+        "639, 640) -- accepted as the daemon does, but predictions of those outputs look alike\n"
+    )
+    bundle = read_bundle(out.read_bytes())
+    assert len(bundle.labels) == 1001 and bundle.manifest["quality"]["passed"] is True
+    clf = Classifier.from_bundle(bundle, threads=1)
+    assert clf.classify(load_rgb(PHOTOS / "coral" / "grace_hopper.bmp")).label == "military uniform"
+
+
+@requires_realdata
+def test_a_label_file_with_a_background_line_too_many(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """1001 lines (background first) for a 1000-output model: the daemon drops the background
+    line; ``tools bundle`` does the same and says so."""
+    model = MODELS / "mlperf_tiny_pretrainedResnet_quant.tflite"  # 10 outputs
+    labels = tmp_path / "labels.txt"
+    labels.write_text("background\n" + "\n".join(CIFAR10) + "\n")
+    out = tmp_path / "c.edgb"
+    argv = [str(model), "--labels", str(labels), "--name", "c", "--version", "1"]
+    assert main([*argv, "--out", str(out)]) == 0
+    assert (
+        "11 labels for 10 outputs: the first, 'background', is dropped" in capsys.readouterr().err
+    )
+    assert read_bundle(out.read_bytes()).labels == CIFAR10

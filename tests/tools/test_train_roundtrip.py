@@ -265,6 +265,7 @@ def test_uint8_io(run: dict[str, Any], tmp_path: Path) -> None:
         ("mobilenetv3small", 0.75, 127.5),
         ("mobilenetv3large", 1.0, 127.5),
         ("efficientnetb0", 1.0, 0.0),
+        ("efficientnet-lite0", 1.0, 127.0),
     ],
 )
 def test_backbones_build(name: str, alpha: float, mean: float) -> None:
