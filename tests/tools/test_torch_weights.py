@@ -197,6 +197,26 @@ def test_not_a_state_dict(tmp_path: Path) -> None:
         read_state_dict(write(tmp_path, legacy_file(SAMPLE)), max_bytes=100)
 
 
+def test_zip_bomb_is_refused_before_it_unpacks(tmp_path: Path) -> None:
+    """A zip member declared as 400 MB of zeros compresses to a few hundred KB: refused by
+    the declared total, never decompressed."""
+    n = 100_000_000
+    pid = ("storage", Global("torch", "FloatStorage"), "0", "cpu", n, None)
+    rebuild = Global("torch._utils", "_rebuild_tensor_v2")
+    state = OrderedDict(t=Call(rebuild, (pid, 0, (n,), (1,), False, OrderedDict())))
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("a/data.pkl", dumps(state))
+        with zf.open("a/data/0", "w") as member:
+            chunk = bytes(1 << 20)
+            for _ in range(4 * n // len(chunk)):
+                member.write(chunk)
+    path = write(tmp_path, buf.getvalue())
+    assert path.stat().st_size < 2_000_000
+    with pytest.raises(WeightsError, match="more than the 100,000,000 allowed"):
+        read_state_dict(path, max_bytes=100_000_000)
+
+
 @settings(
     max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )

@@ -182,7 +182,7 @@ def _read_legacy(raw: bytes) -> tuple[Any, dict[str, _StorageRef]]:
     return obj, storages
 
 
-def _read_zip(raw: bytes) -> tuple[Any, dict[str, _StorageRef]]:
+def _read_zip(raw: bytes, max_bytes: int) -> tuple[Any, dict[str, _StorageRef]]:
     try:
         zf = zipfile.ZipFile(io.BytesIO(raw))
     except zipfile.BadZipFile as err:
@@ -195,6 +195,9 @@ def _read_zip(raw: bytes) -> tuple[Any, dict[str, _StorageRef]]:
         root = pkl[0].split("/")[0]
         with zf.open(pkl[0]) as fp:
             obj, storages = _load(io.BytesIO(fp.read(64 << 20)))
+        total = sum(ref.numel * ref.dtype.itemsize for ref in storages.values())
+        if total > max_bytes:  # compressed members could unpack to far more than the file
+            raise WeightsError(f"tensors of {total:,} bytes, more than the {max_bytes:,} allowed")
         for key, ref in storages.items():
             member = f"{root}/data/{key}"
             try:
@@ -235,7 +238,7 @@ def read_state_dict(path: Path | str, max_bytes: int = 1 << 30) -> dict[str, np.
     if size > max_bytes:
         raise WeightsError(f"{path}: {size:,} bytes, more than the {max_bytes:,} allowed")
     raw = path.read_bytes()
-    obj, _ = _read_zip(raw) if raw[:4] == b"PK\x03\x04" else _read_legacy(raw)
+    obj, _ = _read_zip(raw, max_bytes) if raw[:4] == b"PK\x03\x04" else _read_legacy(raw)
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]  # a training checkpoint holding the state dict
     if not isinstance(obj, dict):
