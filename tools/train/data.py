@@ -33,9 +33,8 @@ def list_image_folder(data_dir: Path, min_labels: int = 2) -> dict[str, list[Pat
         if files:
             out[sub.name] = files
     if len(out) < min_labels:
-        raise ValueError(
-            f"{data_dir}: need at least {'two label sub-folders' if min_labels > 1 else 'one label sub-folder'} holding images"
-        )
+        need = "two label sub-folders" if min_labels > 1 else "one label sub-folder"
+        raise ValueError(f"{data_dir}: need at least {need} holding images")
     return out
 
 

@@ -117,8 +117,13 @@ def sha256_of(path: Path) -> str:
     return h.hexdigest()
 
 
-def build(input_shape: tuple[int, int, int] = (IMAGE_SIZE, IMAGE_SIZE, 3), *,
-          include_top: bool = False, classes: int = NUM_IMAGENET, name: str = "efficientnet_lite0") -> Any:  # fmt: skip
+def build(
+    input_shape: tuple[int, int, int] = (IMAGE_SIZE, IMAGE_SIZE, 3),
+    *,
+    include_top: bool = False,
+    classes: int = NUM_IMAGENET,
+    name: str = "efficientnet_lite0",
+) -> Any:
     """The Keras model: normalised RGB -> the head's 1280 ReLU6 feature maps
     (``include_top=False``), or -> average pool, dense ``classes``, softmax."""
     import keras
