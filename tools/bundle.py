@@ -421,6 +421,8 @@ def _run(args: argparse.Namespace) -> BuiltBundle:
             "is dropped (as the daemon does)"
         )
         labels = labels[1:]
+    if len(labels) != n:  # before the gate, which reads outputs by label
+        raise ToolError(f"{len(labels)} labels but the model has {n} outputs")
     floor = min_output_range(model)
     if args.eval_dir is not None:
         verdict = gate_on_folder(clf, labels, args.eval_dir, floor)

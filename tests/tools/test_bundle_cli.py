@@ -129,6 +129,15 @@ def test_label_count_must_match_outputs(
         labels.write_text("\n".join(f"l{i}" for i in range(count)) + "\n")
         assert main(args(model, labels, tmp_path / "d.edgb", "--version", "1")) == 2
         assert f"{count} labels but the model has 10 outputs" in one_line_error(capsys)
+        # also when an evaluation folder is given (the gate reads outputs by label)
+        ev = tmp_path / f"ev{count}" / "l0"
+        ev.mkdir(parents=True)
+        (ev / "a.png").write_bytes((REPO / "samples" / "digit-0-1.png").read_bytes())
+        argv = args(
+            model, labels, tmp_path / "d.edgb", "--version", "1", "--eval-dir", str(ev.parent)
+        )
+        assert main(argv) == 2
+        assert f"{count} labels but the model has 10 outputs" in one_line_error(capsys)
 
 
 @pytest.mark.parametrize(
