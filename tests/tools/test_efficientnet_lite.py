@@ -172,7 +172,7 @@ def test_ported_int8_model_names_the_photos_like_the_coral_models(
         got[rel] = (pred.label, round(pred.score, 3))
     wrong = {rel: g for rel, g in got.items() if g[0] != EXPECTED[rel]}
     assert not wrong, wrong
-    # Confident where the reference is: measured 0.40 (Grace Hopper, bmp) .. 0.99 (hot dog).
+    # Measured int8 scores: 0.35-0.37 (Grace Hopper) .. 0.94 (chickadee); hot dog 0.89.
     assert got["coral/hot_dog.jpg"][1] > 0.8 and got["coral/parrot.jpg"][1] > 0.7
     assert got["coral/grace_hopper.bmp"][1] > 0.2
 
