@@ -282,7 +282,7 @@ def train(args: argparse.Namespace, plan: Plan, log: Log = print) -> dict[str, A
         )  # fmt: skip
     except Exception as err:  # Keras: download failure, incompatible weights file, ...
         hint = ""
-        if plan.weights == "imagenet":
+        if plan.weights == "imagenet" and arch.name != "efficientnet-lite0":  # a download
             hint = " (offline? --weights PATH to a local file, or --weights none)"
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ToolError(
