@@ -158,3 +158,22 @@ def test_efficientnet_lite0_transfer_learning(
     clf = Classifier.from_bundle(bundle, threads=1)
     assert clf.labels == LABELS
     replay_golden(bundle, clf)
+
+
+def test_a_bad_weights_file_is_a_one_line_error(
+    shapes: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--weights x.pth`` that is not EfficientNet-Lite0's state dict: one line, no bundle."""
+    from tests.tools.test_torch_weights import SAMPLE, legacy_file
+
+    bad = tmp_path / "other.pth"
+    bad.write_bytes(legacy_file(SAMPLE))  # a valid state dict of other tensors
+    out = tmp_path / "w.edgb"
+    argv = [str(shapes), "--out", str(out), "--name", "w", "--weights", str(bad)]
+    assert train_main([*argv, "--input-size", "32"]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        f"train: cannot build efficientnet-lite0 with weights {bad}: not EfficientNet-Lite0 "
+        "weights: no _conv_stem.weight\n"
+    )
+    assert not out.exists()
