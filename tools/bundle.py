@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -39,8 +39,10 @@ from edged.model.bundle import (
     read_bundle,
 )
 from edged.model.classifier import Classifier
-from edged.model.labels import read_labels
+from edged.model.labels import is_background, read_labels
 from edged.model.runtime import load_interpreter
+from tools import quality
+from tools.quality import Verdict
 
 GOLDEN_ATOL_STEPS = 4  # golden tolerance in output quantisation steps (kernels may differ by 1-2)
 FLOAT_GOLDEN_ATOL = 1e-3  # for a float output
@@ -151,6 +153,8 @@ def make_bundle(
     golden: Sequence[GoldenCandidate] = (),
     signing_key: Ed25519PrivateKey | None = None,
     created: datetime | None = None,
+    warn: Callable[[str], None] | None = None,
+    gate: dict[str, Any] | None = None,
 ) -> BuiltBundle:
     """Bundle ``model`` with its input spec, labels, report headline and golden vector; sign
     it when a key is given; read it back and replay the golden vector before returning."""
@@ -160,8 +164,9 @@ def make_bundle(
         raise ToolError("--version must be a positive integer")
     if not labels:
         raise ToolError("no labels")
-    if len(set(labels)) != len(labels):
-        raise ToolError("labels are not unique")
+    repeats = repeated_labels(labels)
+    if repeats:
+        (warn or _warn)(describe_repeats(repeats))
     try:
         probe = device_classifier(model, mean=mean, std=std)
     except EdgedError as err:
@@ -184,6 +189,8 @@ def make_bundle(
     extra: dict[str, Any] = {"golden": golden_manifest}
     if report is not None:
         extra["report"] = report
+    if gate is not None:
+        extra["quality"] = gate
     data = build_bundle(
         name=name,
         version=version,
@@ -199,6 +206,99 @@ def make_bundle(
     bundle = read_bundle(data, trusted_keys=trusted, allow_unsigned=signing_key is None)
     replay_golden(bundle)
     return BuiltBundle(data, bundle, bundle.key_id)
+
+
+def repeated_labels(labels: Sequence[str]) -> dict[str, list[int]]:
+    """``{label: [output indices]}`` for every label that names more than one output."""
+    where: dict[str, list[int]] = {}
+    for i, label in enumerate(labels):
+        where.setdefault(label, []).append(i)
+    return {label: idx for label, idx in where.items() if len(idx) > 1}
+
+
+def describe_repeats(repeats: dict[str, list[int]], limit: int = 10) -> str:
+    """One line naming the repeated labels and their outputs (the first ``limit`` of them)."""
+    parts = [
+        f"{label!r} (outputs {', '.join(map(str, idx))})"
+        for label, idx in list(repeats.items())[:limit]
+    ]
+    more = f" and {len(repeats) - limit} more" if len(repeats) > limit else ""
+    return (
+        f"{len(repeats)} repeated label{'s' if len(repeats) > 1 else ''}: {', '.join(parts)}{more}"
+        " -- accepted as the daemon does, but predictions of those outputs look alike"
+    )
+
+
+PROBE_FRAMES = 16  # without --eval-dir: 8 synthetic pictures and 8 noise frames
+
+
+def probe_frames(height: int, width: int, count: int = PROBE_FRAMES) -> list[np.ndarray]:
+    """Fixed, varied frames for a label-less variation check: smooth synthetic pictures and
+    uniform noise (seeded)."""
+    frames = [synthetic_frame(height, width, seed) for seed in range(count // 2)]
+    rng = np.random.default_rng(12345)
+    frames += [
+        rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8)
+        for _ in range(count - len(frames))
+    ]
+    return frames
+
+
+def min_output_range(model: bytes) -> float:
+    """Outputs "do not vary" below one output quantisation step (quantised output), else
+    below :data:`tools.quality.MIN_OUTPUT_RANGE`."""
+    interpreter, _ = load_interpreter(model, threads=1)
+    out = interpreter.get_output_details()[0]
+    scale = float((out.get("quantization") or (0.0, 0))[0])
+    if scale > 0 and np.dtype(out["dtype"]).kind in "iu":
+        return scale * 1.01
+    return quality.MIN_OUTPUT_RANGE
+
+
+def gate_on_probes(clf: Classifier, min_range: float, extra: Sequence[np.ndarray] = ()) -> Verdict:
+    """No labelled data: refuse only a model whose outputs do not move at all over the probe
+    frames (and the golden image, when given)."""
+    frames = [*probe_frames(clf.info.height, clf.info.width), *extra]
+    outputs = np.stack([clf.invoke_raw(clf.preprocess(f)).reshape(-1) for f in frames])
+    return quality.check_variation(outputs, min_range=min_range)
+
+
+def gate_on_folder(
+    clf: Classifier, labels: Sequence[str], folder: Path, min_range: float
+) -> Verdict:
+    """The full gate on a labelled image folder (sub-folders named after labels)."""
+    from tools.train.data import list_image_folder, load_rgb
+
+    try:
+        files = list_image_folder(folder, min_labels=1)
+    except (FileNotFoundError, ValueError) as err:
+        raise ToolError(f"--eval-dir: {err}") from None
+    names = list(dict.fromkeys(labels))  # unique, in output order
+    unknown = sorted(set(files) - set(names))
+    if unknown:
+        raise ToolError(
+            f"--eval-dir: {', '.join(map(repr, unknown[:5]))} "
+            f"{'is not a label' if len(unknown) == 1 else 'are not labels'} of the model"
+        )
+    column = {name: [i for i, lab in enumerate(labels) if lab == name] for name in names}
+    outputs, y_true = [], []
+    for name, paths in files.items():
+        for path in paths:
+            try:
+                rgb = load_rgb(path)
+            except OSError as err:
+                raise ToolError(f"--eval-dir: {path}: cannot read image ({err})") from None
+            raw = clf.invoke_raw(clf.preprocess(rgb)).reshape(-1)
+            outputs.append([float(np.max(raw[column[n]])) for n in names])  # repeats merged
+            y_true.append(names.index(name))
+    return quality.evaluate(
+        np.asarray(outputs, np.float32), np.asarray(y_true), len(names), names,
+        min_range=min_range,
+    )  # fmt: skip
+
+
+def _warn(message: str) -> None:
+    print(f"bundle: warning: {message}", file=sys.stderr)
 
 
 def replay_golden(bundle: Bundle, classifier: Classifier | None = None) -> np.ndarray:
@@ -259,7 +359,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--golden-image", type=Path, help="frame for the golden vector (default: synthetic)"
     )
     parser.add_argument(
-        "--force", action="store_true", help="replace --out even if it holds a newer version"
+        "--eval-dir",
+        type=Path,
+        help="labelled image folder (one sub-folder per label) for the quality gate: held-out "
+        "accuracy clearly above chance, not the same answer for nearly every image. Without "
+        "it, only outputs that do not vary at all over probe frames are refused",
+    )
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="replace --out even if it holds a newer version, and bundle a model that fails "
+        "the quality gate (with a warning)",
     )
     return parser.parse_args(argv)
 
@@ -300,6 +410,28 @@ def _run(args: argparse.Namespace) -> BuiltBundle:
     if not args.force:
         check_version(args.out, args.name, args.version)
     key = load_private_key(args.key) if args.key else None
+    try:
+        clf = device_classifier(model, labels, mean=args.mean, std=args.std)
+    except EdgedError as err:
+        raise ToolError(str(err)) from None
+    n = clf.info.num_classes
+    if len(labels) == n + 1 and is_background(labels[0]):  # what the daemon does, said aloud
+        _warn(
+            f"{args.labels}: {len(labels)} labels for {n} outputs: the first, {labels[0]!r}, "
+            "is dropped (as the daemon does)"
+        )
+        labels = labels[1:]
+    if len(labels) != n:  # before the gate, which reads outputs by label
+        raise ToolError(f"{len(labels)} labels but the model has {n} outputs")
+    floor = min_output_range(model)
+    if args.eval_dir is not None:
+        verdict = gate_on_folder(clf, labels, args.eval_dir, floor)
+    else:
+        verdict = gate_on_probes(clf, floor, [g.rgb for g in golden])
+    if not verdict.passed:
+        if not args.force:
+            raise ToolError(f"model not bundled: {verdict.summary()} (--force bundles it anyway)")
+        _warn(f"quality gate failed: {verdict.summary()}; bundled anyway (--force)")
     built = make_bundle(
         model,
         labels,
@@ -309,6 +441,7 @@ def _run(args: argparse.Namespace) -> BuiltBundle:
         std=args.std,
         golden=golden,
         signing_key=key,
+        gate={**verdict.as_json(), "forced": not verdict.passed},
     )
     write_bundle(args.out, built.data)
     return built

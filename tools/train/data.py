@@ -21,7 +21,7 @@ IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"})
 Sample = tuple[Path, int]  # (image file, label index)
 
 
-def list_image_folder(data_dir: Path) -> dict[str, list[Path]]:
+def list_image_folder(data_dir: Path, min_labels: int = 2) -> dict[str, list[Path]]:
     """``{label: [image files]}``: one sub-folder per label, both sorted by name."""
     if not data_dir.is_dir():
         raise FileNotFoundError(f"{data_dir}: not a directory")
@@ -32,8 +32,9 @@ def list_image_folder(data_dir: Path) -> dict[str, list[Path]]:
         )
         if files:
             out[sub.name] = files
-    if len(out) < 2:
-        raise ValueError(f"{data_dir}: need at least two label sub-folders holding images")
+    if len(out) < min_labels:
+        need = "two label sub-folders" if min_labels > 1 else "one label sub-folder"
+        raise ValueError(f"{data_dir}: need at least {need} holding images")
     return out
 
 

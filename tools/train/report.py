@@ -42,6 +42,7 @@ def headline(report: dict[str, Any]) -> dict[str, Any]:
         "model_bytes": report["model"]["int8_bytes"],
         "arch": report["model"]["arch"],
         "weights": report["model"]["weights"],
+        "weights_source": report["model"].get("weights_source", report["model"]["weights"]),
         "epochs": report["training"]["epochs_run"],
         "seed": report["data"]["seed"],
         "val_fraction": report["data"]["val_fraction"],
@@ -49,7 +50,13 @@ def headline(report: dict[str, Any]) -> dict[str, Any]:
         "macro_f1_int8": ev_int8["macro_f1"],
         "train_seconds": report["timings_s"]["train"],
         "eval": report["eval"],
+        **({"quality": _quality_headline(report["quality"])} if "quality" in report else {}),
     }
+
+
+def _quality_headline(q: dict[str, Any]) -> dict[str, Any]:
+    keys = ("passed", "forced", "reasons", "chance", "p_value", "top1_share")
+    return {k: q[k] for k in keys if k in q}
 
 
 def write_report(out_dir: Path, report: dict[str, Any], labels: Sequence[str]) -> list[Path]:
