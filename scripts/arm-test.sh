@@ -1,0 +1,421 @@
+#!/usr/bin/env bash
+# The ARM job: scripts/install.sh and edged, run on Debian for the Raspberry Pi's architectures
+# under emulation (qemu-user-static through binfmt_misc, roots made by debootstrap).
+#
+# For each root (default: bookworm-arm64 and bookworm-armhf):
+#   root     a minimal Debian root, built once and cached under $EDGED_ARM_CACHE
+#            (/var/cache/edged-arm/<release>-<arch>-<hash of what the root is made from>)
+#   install  scripts/install.sh run inside a throwaway overlay of that root, as root, exactly as
+#            on a Pi (apt step, venv, pip install, the installer's own correctness self-check)
+#   classify `edged classify` on real models from ../shared/realdata, asserting their labels
+#            (skipped, with the reason, when the data is absent)
+#   golden   the demo bundle's golden vector reproduced by the installed interpreter
+#   daemon   the demo daemon end to end against a Mosquitto on the host (loopback), asserting
+#            that a prediction for every sample image arrives
+# armhf runs twice: as a 32-bit userland on a 64-bit kernel (`uname -m` = armv8l, qemu's default
+# CPU) for the install, and its classify checks again as a 32-bit Pi (armv7l, Cortex-A7).
+#
+# usage: sudo scripts/arm-test.sh [--build-only] [--no-build] [--only RELEASE-ARCH ...]
+#
+#   --build-only   build the missing roots, run nothing (do this once on a CI machine: the first
+#                  build of a root takes 10-20 minutes under emulation)
+#   --no-build     never build: a root that is not cached is skipped with the reason
+#   --only R-A     this root only (repeatable): bookworm-arm64, bookworm-armhf, trixie-arm64
+#
+# Time budget: EDGED_ARM_BUDGET_S (default 1500 s). A root is built only when the time left
+# covers EDGED_ARM_BUILD_ESTIMATE_S (default 1200 s), a test run only when it covers
+# EDGED_ARM_RUN_ESTIMATE_S (default 420 s); otherwise that part is skipped and says so.
+# Where the job cannot run at all (not root, no binfmt_misc, no qemu, no debootstrap, no
+# network for the first build), it prints one "SKIPPED: <reason>" line and exits 0.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+REPO=$PWD
+PROG=arm-test
+CACHE=${EDGED_ARM_CACHE:-/var/cache/edged-arm}
+BUDGET_S=${EDGED_ARM_BUDGET_S:-1500}
+BUILD_ESTIMATE_S=${EDGED_ARM_BUILD_ESTIMATE_S:-1200}
+RUN_ESTIMATE_S=${EDGED_ARM_RUN_ESTIMATE_S:-420}
+REALDATA=${EDGED_REALDATA:-$REPO/../shared/realdata}
+START=$SECONDS
+ROOT_FORMAT=1 # bump when the way a root is made changes (part of the cache key)
+
+build=auto
+run_tests=yes
+only=()
+while [ $# -gt 0 ]; do
+  case $1 in
+    --build-only) run_tests=no ;;
+    --no-build) build=no ;;
+    --only)
+      [ $# -ge 2 ] || {
+        echo "$PROG: --only needs a value" >&2
+        exit 2
+      }
+      only+=("$2")
+      shift
+      ;;
+    -h | --help)
+      sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'
+      exit 0
+      ;;
+    *)
+      echo "$PROG: unknown argument: $1 (see --help)" >&2
+      exit 2
+      ;;
+  esac
+  shift
+done
+[ ${#only[@]} -gt 0 ] || only=(bookworm-arm64 bookworm-armhf)
+
+log() { printf '%s: %s\n' "$PROG" "$*" >&2; }
+skip_all() {
+  echo "$PROG: SKIPPED: $*"
+  exit 0
+}
+elapsed() { echo $((SECONDS - START)); }
+left() { echo $((BUDGET_S - (SECONDS - START))); }
+
+# -- can this machine emulate ARM at all? -------------------------------------------------
+
+[ "$(id -u)" -eq 0 ] || skip_all "needs root (debootstrap, chroot, mounts); run it with sudo"
+need_pkgs=()
+command -v debootstrap >/dev/null 2>&1 || need_pkgs+=(debootstrap)
+[ -x /usr/bin/qemu-aarch64-static ] && [ -x /usr/bin/qemu-arm-static ] || need_pkgs+=(qemu-user-static)
+command -v update-binfmts >/dev/null 2>&1 || need_pkgs+=(binfmt-support)
+if [ ${#need_pkgs[@]} -gt 0 ]; then
+  command -v apt-get >/dev/null 2>&1 || skip_all "${need_pkgs[*]} missing and no apt-get to install them"
+  log "installing ${need_pkgs[*]} ..."
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_pkgs[@]}" >/dev/null 2>&1 ||
+    skip_all "cannot install ${need_pkgs[*]} (apt-get install failed)"
+fi
+BINFMT=/proc/sys/fs/binfmt_misc
+if [ ! -e $BINFMT/register ]; then
+  mount -t binfmt_misc binfmt_misc $BINFMT 2>/dev/null ||
+    skip_all "cannot mount binfmt_misc at $BINFMT (a container without the privilege?)"
+fi
+for q in aarch64 arm; do
+  if [ ! -e $BINFMT/qemu-$q ]; then update-binfmts --enable "qemu-$q" >/dev/null 2>&1 || true; fi
+  grep -qx enabled $BINFMT/qemu-$q 2>/dev/null ||
+    skip_all "no binfmt_misc handler for $q binaries (update-binfmts --enable qemu-$q failed)"
+  # F: the interpreter is opened when registered, so it works inside a chroot without a copy.
+  grep -q '^flags: .*F' $BINFMT/qemu-$q ||
+    skip_all "the qemu-$q binfmt handler lacks the F (fix-binary) flag; chroots cannot use it"
+done
+
+# The Debian mirror this machine's apt uses (the first non-security deb URI), so the roots use
+# the same one; deb.debian.org when none is configured.
+host_mirror() {
+  local uri
+  uri=$(
+    {
+      cat /etc/apt/sources.list.d/*.sources 2>/dev/null | awk '/^URIs:/ {for (i = 2; i <= NF; i++) print $i}'
+      cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null | awk '$1 == "deb" {for (i = 2; i <= NF; i++) if ($i ~ /^[a-z+]+:\/\//) {print $i; break}}'
+    } | grep -v -- '-security' | grep -E '/debian/?$' | head -n 1
+  )
+  echo "${uri:-http://deb.debian.org/debian}"
+}
+MIRROR=${EDGED_ARM_MIRROR:-$(host_mirror)}
+# pip's index as this machine's pip is configured (file:// extras are not visible in a root).
+PIP_INDEX=$(pip3 config get global.index-url 2>/dev/null || python3 -m pip config get global.index-url 2>/dev/null || true)
+
+# What each root is made of: what scripts/install.sh finds on a Raspberry Pi OS Lite image
+# before it runs (python3; on armhf the OS's numpy, Pillow and cryptography, which have no
+# 32-bit ARM wheels), plus what the installer's apt step wants, so the step is checked as
+# "already installed" and CI needs no apt-get in the roots.
+root_packages() { # ARCH
+  local p=(python3 python3-venv ca-certificates mosquitto-clients procps)
+  case $1 in armhf) p+=(python3-numpy python3-pil python3-cryptography) ;; esac
+  (
+    IFS=,
+    echo "${p[*]}"
+  )
+}
+root_dir() { # RELEASE ARCH
+  local key
+  key=$(printf '%s\n' "$ROOT_FORMAT" "$1" "$2" "$MIRROR" "$(root_packages "$2")" | sha256sum | cut -c1-12)
+  echo "$CACHE/$1-$2-$key"
+}
+
+build_root() { # RELEASE ARCH DIR
+  local release=$1 arch=$2 dir=$3 t0=$SECONDS
+  rm -rf -- "$dir.partial"
+  mkdir -p -- "$CACHE"
+  log "building $release-$arch at $dir (debootstrap from $MIRROR; minutes under emulation) ..."
+  if ! nice -n 15 debootstrap --arch="$arch" --variant=minbase --include="$(root_packages "$arch")" \
+    "$release" "$dir.partial" "$MIRROR" >"$CACHE/$release-$arch.build.log" 2>&1; then
+    log "debootstrap failed; last lines of $CACHE/$release-$arch.build.log:"
+    tail -n 5 "$CACHE/$release-$arch.build.log" >&2
+    rm -rf -- "$dir.partial"
+    return 1
+  fi
+  rm -rf -- "$dir.partial/var/cache/apt/archives/"*.deb
+  echo "$((SECONDS - t0))" >"$dir.partial/.edged-build-seconds"
+  mv -- "$dir.partial" "$dir"
+  log "built $release-$arch in $((SECONDS - t0)) s"
+}
+
+# -- one test run in a throwaway overlay of a cached root ----------------------------------
+
+CHECKOUT_PARTS=(pyproject.toml README.md LICENSE edged scripts config systemd models samples)
+# Real models, the photos they are run on, and what they must say (labels as in
+# tests/model/test_classifier_realdata.py). One `edged classify` per model: each start of the
+# interpreter costs seconds under emulation.
+REAL_CHECKS=(
+  "coral_mobilenet_v2_1.0_224_quant.tflite|coral_imagenet_labels.txt|wasmedge/grace_hopper.jpg=military uniform"
+  "coral_mobilenet_v2_1.0_224_inat_bird_quant.tflite|coral_inat_bird_labels.txt|coral/bird.bmp=Poecile atricapillus (Black-capped Chickadee)"
+  "mlperf_tiny_vww_96_int8.tflite||coral/grace_hopper.bmp=class_1 coral/cat.bmp=class_0 coral/hot_dog.jpg=class_0"
+)
+
+mounts=()
+work=""
+daemon_pid=""
+broker_pid=""
+cleanup_run() {
+  if [ -n "$daemon_pid" ]; then kill "$daemon_pid" 2>/dev/null || true; wait "$daemon_pid" 2>/dev/null || true; fi
+  if [ -n "$broker_pid" ]; then kill "$broker_pid" 2>/dev/null || true; wait "$broker_pid" 2>/dev/null || true; fi
+  daemon_pid="" broker_pid=""
+  local i
+  for ((i = ${#mounts[@]} - 1; i >= 0; i--)); do umount -l "${mounts[i]}" 2>/dev/null || true; done
+  mounts=()
+  if [ -n "$work" ]; then rm -rf --one-file-system -- "$work"; fi
+  work=""
+}
+trap cleanup_run EXIT
+
+in_root() { # run a command inside the root, with a clean environment (and $QEMU_CPU if set)
+  local envs=(PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8)
+  if [ -n "$PIP_INDEX" ]; then envs+=("PIP_INDEX_URL=$PIP_INDEX"); fi
+  if [ -n "${QEMU_CPU:-}" ]; then envs+=("QEMU_CPU=$QEMU_CPU"); fi
+  nice -n 15 chroot "$merged" /usr/bin/env -i "${envs[@]}" "$@"
+}
+
+free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+
+# classify checks: stdout of `edged classify` (JSON lines) against "path=label" expectations
+check_labels() { # OUTPUT EXPECT...
+  python3 - "$@" <<'EOF'
+import json
+import sys
+
+out, wants = sys.argv[1], sys.argv[2:]
+got = {}
+for line in out.splitlines():
+    if line.startswith("{"):
+        d = json.loads(line)
+        got[d["image"]] = (d["label"], d["score"])
+bad = []
+for want in wants:
+    path, label = want.split("=", 1)
+    have = got.get(path)
+    if have is None or have[0] != label:
+        bad.append(f"{path}: {have[0] if have else 'no result'!r}, want {label!r}")
+    else:
+        print(f"  {path.rsplit('/', 1)[-1]} -> {label} ({have[1]:.3f})")
+if bad:
+    print("; ".join(bad))
+    sys.exit(1)
+EOF
+}
+
+run_root() { # NAME ARCH ROOT_DIR
+  local name=$1 arch=$2 dir=$3 t0=$SECONDS t
+  local ok=1
+  work=$(mktemp -d /var/tmp/edged-arm.XXXXXX)
+  merged=$work/root
+  mkdir -p "$work/upper" "$work/wk" "$merged"
+  if mount -t overlay overlay -o "lowerdir=$dir,upperdir=$work/upper,workdir=$work/wk" "$merged" 2>/dev/null; then
+    mounts+=("$merged")
+  else
+    log "$name: no overlayfs here, copying the root (slower)"
+    cp -a "$dir/." "$merged/"
+  fi
+  mount -t proc proc "$merged/proc" && mounts+=("$merged/proc")
+  mount --bind /dev "$merged/dev" && mounts+=("$merged/dev")
+  mkdir -p "$CACHE/pip-$arch" "$merged/root/.cache/pip"
+  mount --bind "$CACHE/pip-$arch" "$merged/root/.cache/pip" && mounts+=("$merged/root/.cache/pip")
+  cp /etc/resolv.conf "$merged/etc/resolv.conf" 2>/dev/null || true
+  mkdir -p "$merged/src/edged"
+  tar -C "$REPO" -cf - --exclude=__pycache__ "${CHECKOUT_PARTS[@]}" | tar -C "$merged/src/edged" -xf -
+  local have_real=""
+  if [ -d "$REALDATA/models" ]; then
+    mkdir -p "$merged/realdata"
+    mount --bind "$REALDATA" "$merged/realdata" && mounts+=("$merged/realdata")
+    mount -o remount,bind,ro "$merged/realdata" 2>/dev/null || true
+    have_real=1
+  fi
+  local uname_m
+  uname_m=$(in_root uname -m)
+  log "$name: root ready in $((SECONDS - t0)) s; userland $(in_root dpkg --print-architecture), uname -m $uname_m"
+
+  # install: the installer as on a Pi (no systemd here: it says so and skips that step)
+  t=$SECONDS
+  local out
+  if out=$(in_root bash /src/edged/scripts/install.sh 2>&1); then
+    printf '%s\n' "$out" | grep -E '^(platform|apt|edged|selfcheck|systemd|done): ' | sed "s/^/  /" >&2
+    log "$name: install OK in $((SECONDS - t)) s"
+  else
+    printf '%s\n' "$out" | tail -n 15 | sed "s/^/  /" >&2
+    log "$name: FAILED: scripts/install.sh (after $((SECONDS - t)) s)"
+    cleanup_run
+    return 1
+  fi
+  printf '%s\n' "$out" | grep -q '^selfcheck: golden vector within' ||
+    {
+      log "$name: FAILED: the installer printed no selfcheck line"
+      ok=""
+    }
+
+  # golden: the demo bundle's golden vector and its checks, through the daemon's own validator
+  t=$SECONDS
+  if out=$(in_root /opt/edged/venv/bin/python -m edged.update.validate /etc/edged/digits.edgb 2>&1) &&
+    printf '%s' "$out" | grep -q '"ok": true'; then
+    log "$name: golden OK in $((SECONDS - t)) s: $(printf '%s' "$out" | tail -n 1)"
+  else
+    log "$name: FAILED: golden: $(printf '%s' "$out" | tail -n 1)"
+    ok=""
+  fi
+
+  # classify: real models on real photos
+  if [ -z "$have_real" ]; then
+    echo "$PROG: $name: classify SKIPPED: real models not found at $REALDATA (../shared/realdata)"
+  else
+    local spec model labels pairs cmd pair
+    for spec in "${REAL_CHECKS[@]}"; do
+      IFS='|' read -r model labels pairs <<<"$spec"
+      cmd=(/opt/edged/venv/bin/edged classify "/realdata/models/$model" --top-k 1)
+      if [ -n "$labels" ]; then cmd+=(--labels "/realdata/models/$labels"); fi
+      local expects=()
+      # pairs: space-separated path=label, labels may contain spaces: split on " <dir>/"
+      while IFS= read -r pair; do
+        [ -n "$pair" ] || continue
+        cmd+=("/realdata/photos/${pair%%=*}")
+        expects+=("/realdata/photos/$pair")
+      done < <(printf '%s\n' "$pairs" | sed 's/ \([a-z]*\/\)/\n\1/g')
+      t=$SECONDS
+      if out=$(in_root "${cmd[@]}" 2>&1) && res=$(check_labels "$out" "${expects[@]}"); then
+        log "$name: classify $model OK in $((SECONDS - t)) s"
+        printf '%s\n' "$res" >&2
+      else
+        log "$name: FAILED: classify $model: ${res:-$(printf '%s' "$out" | tail -n 1)}"
+        ok=""
+      fi
+      res=""
+    done
+  fi
+
+  # daemon: the demo config's files source over the samples, to a Mosquitto on the host
+  t=$SECONDS
+  local port topic n
+  port=$(free_port)
+  /usr/sbin/mosquitto -c /dev/stdin >"$work/broker.log" 2>&1 <<EOF &
+listener $port 127.0.0.1
+allow_anonymous true
+persistence false
+EOF
+  broker_pid=$!
+  topic="edged/arm-$arch/prediction"
+  n=$(find "$REPO/samples" -name '*.png' | wc -l)
+  cat >"$merged/tmp/arm.toml" <<EOF
+device_id = "arm-$arch"
+state_dir = "/var/lib/edged-arm"
+
+[source]
+type = "files"
+path = "/src/edged/samples"
+fps = 4
+loop = false
+
+[model]
+path = "/etc/edged/digits.edgb"
+top_k = 1
+
+[mqtt]
+host = "127.0.0.1"
+port = $port
+
+[publish]
+mode = "every"
+EOF
+  sleep 0.5
+  mosquitto_sub -h 127.0.0.1 -p "$port" -t "$topic" -C "$n" -W 240 >"$work/predictions" 2>&1 &
+  local sub_pid=$!
+  sleep 0.5
+  in_root /opt/edged/venv/bin/edged run -c /tmp/arm.toml >"$work/daemon.log" 2>&1 &
+  daemon_pid=$!
+  wait "$sub_pid" || true
+  kill "$daemon_pid" 2>/dev/null || true
+  wait "$daemon_pid" 2>/dev/null || true
+  daemon_pid=""
+  if res=$(
+    python3 - "$work/predictions" "$n" <<'EOF'
+import json
+import sys
+
+lines = [ln for ln in open(sys.argv[1]).read().splitlines() if ln.strip()]
+want = int(sys.argv[2])
+labels = []
+for ln in lines:
+    try:
+        labels.append(json.loads(ln)["label"])
+    except (ValueError, KeyError, TypeError):
+        print(f"not a prediction: {ln[:120]!r}")
+        sys.exit(1)
+if len(labels) != want:
+    print(f"{len(labels)} of {want} predictions arrived")
+    sys.exit(1)
+if len(set(labels)) < 5:
+    print(f"predictions collapse to {sorted(set(labels))}")
+    sys.exit(1)
+print(f"{len(labels)} predictions, {len(set(labels))} distinct labels")
+EOF
+  ); then
+    log "$name: daemon OK in $((SECONDS - t)) s: $res"
+  else
+    log "$name: FAILED: daemon: $res; daemon log: $(tail -n 3 "$work/daemon.log" | tr '\n' ' ')"
+    ok=""
+  fi
+  cleanup_run
+  log "$name: run took $((SECONDS - t0)) s"
+  [ -n "$ok" ]
+}
+
+# -- main ---------------------------------------------------------------------------------
+
+failed=()
+for ra in "${only[@]}"; do
+  release=${ra%-*}
+  arch=${ra##*-}
+  case $ra in bookworm-arm64 | bookworm-armhf | trixie-arm64 | trixie-armhf) ;; *)
+    echo "$PROG: unknown root $ra (bookworm-arm64, bookworm-armhf, trixie-arm64, trixie-armhf)" >&2
+    exit 2
+    ;;
+  esac
+  dir=$(root_dir "$release" "$arch")
+  if [ ! -d "$dir" ]; then
+    if [ "$build" = no ]; then
+      echo "$PROG: $ra: SKIPPED: no cached root at $dir (--no-build); build it with: sudo scripts/arm-test.sh --build-only --only $ra"
+      continue
+    fi
+    if [ "$(left)" -lt "$BUILD_ESTIMATE_S" ]; then
+      echo "$PROG: $ra: SKIPPED: no cached root at $dir, and building one (~${BUILD_ESTIMATE_S} s here) does not fit the $(left) s left of the job's budget; build it beforehand with: sudo scripts/arm-test.sh --build-only --only $ra"
+      continue
+    fi
+    build_root "$release" "$arch" "$dir" || {
+      failed+=("$ra: root build")
+      continue
+    }
+  else
+    log "$ra: cached root $dir (built in $(cat "$dir/.edged-build-seconds" 2>/dev/null || echo '?') s)"
+  fi
+  [ "$run_tests" = yes ] || continue
+  if [ "$(left)" -lt "$RUN_ESTIMATE_S" ]; then
+    echo "$PROG: $ra: SKIPPED: a test run (~${RUN_ESTIMATE_S} s) does not fit the $(left) s left of the job's budget"
+    continue
+  fi
+  run_root "$ra" "$arch" "$dir" || failed+=("$ra")
+done
+if [ ${#failed[@]} -gt 0 ]; then
+  echo "$PROG: FAILED: ${failed[*]} ($(elapsed) s)"
+  exit 1
+fi
+echo "$PROG: done in $(elapsed) s"
