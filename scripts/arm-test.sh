@@ -17,8 +17,8 @@
 #
 # usage: sudo scripts/arm-test.sh [--build-only] [--no-build] [--only RELEASE-ARCH ...]
 #
-#   --build-only   build the missing roots, run nothing (do this once on a CI machine: the first
-#                  build of a root takes 10-20 minutes under emulation)
+#   --build-only   build the missing roots, whatever the budget, and run nothing (do this once
+#                  on a CI machine: the first build of a root takes 10-20 minutes under emulation)
 #   --no-build     never build: a root that is not cached is skipped with the reason
 #   --only R-A     this root only (repeatable): bookworm-arm64, bookworm-armhf, trixie-arm64
 #
@@ -235,7 +235,14 @@ run_root() { # NAME ARCH ROOT_DIR
   mount --bind "$CACHE/pip-$arch" "$merged/root/.cache/pip" && mounts+=("$merged/root/.cache/pip")
   cp /etc/resolv.conf "$merged/etc/resolv.conf" 2>/dev/null || true
   mkdir -p "$merged/src/edged"
-  tar -C "$REPO" -cf - --exclude=__pycache__ "${CHECKOUT_PARTS[@]}" | tar -C "$merged/src/edged" -xf -
+  local parts=() part
+  for part in "${CHECKOUT_PARTS[@]}"; do if [ -e "$REPO/$part" ]; then parts+=("$part"); fi; done
+  tar -C "$REPO" -cf - --exclude=__pycache__ --exclude='*.egg-info' "${parts[@]}" | tar -C "$merged/src/edged" -xf - ||
+    {
+      log "$name: FAILED: cannot copy the checkout into the root"
+      cleanup_run
+      return 1
+    }
   local have_real=""
   if [ -d "$REALDATA/models" ]; then
     mkdir -p "$merged/realdata"
@@ -396,7 +403,7 @@ for ra in "${only[@]}"; do
       echo "$PROG: $ra: SKIPPED: no cached root at $dir (--no-build); build it with: sudo scripts/arm-test.sh --build-only --only $ra"
       continue
     fi
-    if [ "$(left)" -lt "$BUILD_ESTIMATE_S" ]; then
+    if [ "$run_tests" = yes ] && [ "$(left)" -lt "$BUILD_ESTIMATE_S" ]; then
       echo "$PROG: $ra: SKIPPED: no cached root at $dir, and building one (~${BUILD_ESTIMATE_S} s here) does not fit the $(left) s left of the job's budget; build it beforehand with: sudo scripts/arm-test.sh --build-only --only $ra"
       continue
     fi

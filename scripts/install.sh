@@ -108,7 +108,6 @@ if [ -z "$root" ] && [ -z "$dry_run" ] && [ "$(id -u)" -ne 0 ]; then
   echo "$PROG: error: must run as root (sudo $0), or with --root DIR to install into a throwaway tree" >&2
   exit 1
 fi
-if [ -n "$root" ] && [ -z "$dry_run" ]; then mkdir -p -- "$root" || die "cannot create --root $root"; fi
 R=$root # prefix of every path written
 
 if [ -z "$python" ]; then
@@ -161,6 +160,7 @@ if [ -n "$arm32" ]; then
   )" = ok ] || refuse32 "tflite-runtime 2.14's armv7l wheel needs glibc 2.34+ (Debian Bookworm or newer)"
 fi
 
+if [ -n "$root" ] && [ -z "$dry_run" ]; then mkdir -p -- "$root" || die "cannot create --root $root"; fi
 if [ ! -f "$REPO/pyproject.toml" ] || [ ! -d "$REPO/edged" ]; then die "$REPO is not an edged checkout"; fi
 for f in config/edged.example.toml systemd/edged.service models/digits.edgb; do
   [ -f "$REPO/$f" ] || die "missing $REPO/$f"
