@@ -6,7 +6,10 @@
 #   root     a minimal Debian root, built once and cached under $EDGED_ARM_CACHE
 #            (/var/cache/edged-arm/<release>-<arch>-<hash of what the root is made from>)
 #   install  scripts/install.sh run inside a throwaway overlay of that root, as root, exactly as
-#            on a Pi (apt step, venv, pip install, the installer's own correctness self-check)
+#            on a Pi (apt step, venv, pip install, the installer's own correctness self-check);
+#            the first run's result is cached as a layer keyed by install.sh + pyproject.toml,
+#            and later runs run install.sh again over it (reinstalling edged when its sources
+#            changed, self-check every time); EDGED_ARM_FRESH=1 forces a fresh install
 #   classify `edged classify` on real models from ../shared/realdata, asserting their labels
 #            (skipped, with the reason, when the data is absent)
 #   golden   the demo bundle's golden vector reproduced by the installed interpreter
@@ -217,17 +220,55 @@ if bad:
 EOF
 }
 
+classify_checks() { # NAME: every REAL_CHECKS entry through the installed `edged classify`
+  local name=$1 spec model labels pairs cmd pair t out res ok=1
+  for spec in "${REAL_CHECKS[@]}"; do
+    IFS='|' read -r model labels pairs <<<"$spec"
+    cmd=(/opt/edged/venv/bin/edged classify "/realdata/models/$model" --top-k 1)
+    if [ -n "$labels" ]; then cmd+=(--labels "/realdata/models/$labels"); fi
+    local expects=()
+    # pairs: "dir/file=label dir/file=label"; labels may hold spaces, so split before " dir/"
+    while IFS= read -r pair; do
+      [ -n "$pair" ] || continue
+      cmd+=("/realdata/photos/${pair%%=*}")
+      expects+=("/realdata/photos/$pair")
+    done < <(printf '%s\n' "$pairs" | sed 's/ \([a-z]*\/\)/\n\1/g')
+    t=$SECONDS
+    res=""
+    if out=$(in_root "${cmd[@]}" 2>&1) && res=$(check_labels "$out" "${expects[@]}"); then
+      log "$name: classify $model OK in $((SECONDS - t)) s"
+      printf '%s\n' "$res" >&2
+    else
+      log "$name: FAILED: classify $model: ${res:-$(printf '%s' "$out" | tail -n 1)}"
+      ok=""
+    fi
+  done
+  [ -n "$ok" ]
+}
+
 run_root() { # NAME ARCH ROOT_DIR
   local name=$1 arch=$2 dir=$3 t0=$SECONDS t
   local ok=1
   work=$(mktemp -d /var/tmp/edged-arm.XXXXXX)
   merged=$work/root
   mkdir -p "$work/upper" "$work/wk" "$merged"
-  if mount -t overlay overlay -o "lowerdir=$dir,upperdir=$work/upper,workdir=$work/wk" "$merged" 2>/dev/null; then
+  # The install layer: the root as scripts/install.sh left it, cached per hash of what decides
+  # the install (the installer, pyproject.toml's dependencies). With it, install.sh runs again
+  # over a finished install (the path a `git pull` takes: edged reinstalled when its sources
+  # changed, the self-check every time); without it, a fresh install, saved as that layer.
+  local layer lower mode=fresh
+  layer=$dir.install-$(cat "$REPO/scripts/install.sh" "$REPO/pyproject.toml" | sha256sum | cut -c1-12)
+  lower=$dir
+  if [ -d "$layer" ] && [ "${EDGED_ARM_FRESH:-}" != 1 ]; then
+    lower=$layer:$dir
+    mode=rerun
+  fi
+  if mount -t overlay overlay -o "lowerdir=$lower,upperdir=$work/upper,workdir=$work/wk" "$merged" 2>/dev/null; then
     mounts+=("$merged")
   else
-    log "$name: no overlayfs here, copying the root (slower)"
-    cp -a "$dir/." "$merged/"
+    log "$name: FAILED: cannot mount an overlay of $lower"
+    cleanup_run
+    return 1
   fi
   mount -t proc proc "$merged/proc" && mounts+=("$merged/proc")
   mount --bind /dev "$merged/dev" && mounts+=("$merged/dev")
@@ -257,9 +298,23 @@ run_root() { # NAME ARCH ROOT_DIR
   # install: the installer as on a Pi (no systemd here: it says so and skips that step)
   t=$SECONDS
   local out
+  if [ "$mode" = rerun ]; then
+    log "$name: install: scripts/install.sh again over the cached install $(basename "$layer")"
+  else
+    log "$name: install: scripts/install.sh, fresh (minutes under emulation)"
+  fi
   if out=$(in_root bash /src/edged/scripts/install.sh 2>&1); then
     printf '%s\n' "$out" | grep -E '^(platform|apt|edged|selfcheck|systemd|done): ' | sed "s/^/  /" >&2
-    log "$name: install OK in $((SECONDS - t)) s"
+    log "$name: install ($mode) OK in $((SECONDS - t)) s"
+    if [ "$mode" = fresh ] && [ ! -d "$layer" ]; then
+      rm -rf -- "$layer.partial"
+      if cp -a "$work/upper" "$layer.partial" && rm -rf -- "$layer.partial/src" "$layer.partial/realdata" &&
+        echo "$((SECONDS - t))" >"$layer.partial/.edged-install-seconds" && mv -- "$layer.partial" "$layer"; then
+        log "$name: cached the install as $layer"
+      else
+        rm -rf -- "$layer.partial"
+      fi
+    fi
   else
     printf '%s\n' "$out" | tail -n 15 | sed "s/^/  /" >&2
     log "$name: FAILED: scripts/install.sh (after $((SECONDS - t)) s)"
@@ -282,31 +337,20 @@ run_root() { # NAME ARCH ROOT_DIR
     ok=""
   fi
 
-  # classify: real models on real photos
+  # classify: real models on real photos; on armhf also as a 32-bit Pi (ARMv7, armv7l)
   if [ -z "$have_real" ]; then
     echo "$PROG: $name: classify SKIPPED: real models not found at $REALDATA (../shared/realdata)"
   else
-    local spec model labels pairs cmd pair
-    for spec in "${REAL_CHECKS[@]}"; do
-      IFS='|' read -r model labels pairs <<<"$spec"
-      cmd=(/opt/edged/venv/bin/edged classify "/realdata/models/$model" --top-k 1)
-      if [ -n "$labels" ]; then cmd+=(--labels "/realdata/models/$labels"); fi
-      local expects=()
-      # pairs: space-separated path=label, labels may contain spaces: split on " <dir>/"
-      while IFS= read -r pair; do
-        [ -n "$pair" ] || continue
-        cmd+=("/realdata/photos/${pair%%=*}")
-        expects+=("/realdata/photos/$pair")
-      done < <(printf '%s\n' "$pairs" | sed 's/ \([a-z]*\/\)/\n\1/g')
-      t=$SECONDS
-      if out=$(in_root "${cmd[@]}" 2>&1) && res=$(check_labels "$out" "${expects[@]}"); then
-        log "$name: classify $model OK in $((SECONDS - t)) s"
-        printf '%s\n' "$res" >&2
-      else
-        log "$name: FAILED: classify $model: ${res:-$(printf '%s' "$out" | tail -n 1)}"
-        ok=""
+    local cpus=(default)
+    if [ "$arch" = armhf ]; then cpus+=(cortex-a7); fi
+    local cpu
+    for cpu in "${cpus[@]}"; do
+      if [ "$cpu" != default ]; then
+        export QEMU_CPU=$cpu
+        log "$name: classify again with QEMU_CPU=$cpu: uname -m $(in_root uname -m)"
       fi
-      res=""
+      classify_checks "$name" || ok=""
+      unset QEMU_CPU
     done
   fi
 

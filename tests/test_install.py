@@ -446,3 +446,24 @@ def test_markers_on_64_bit(machine: str) -> None:
     assert reqs["ai-edge-litert"] == ">=1.2"
     assert "tflite-runtime" not in reqs
     assert reqs["pillow"] == ">=10" and reqs["cryptography"] == ">=42"
+
+
+def test_32_bit_trixie_python_3_13_is_refused_up_front(tmp_path: Path) -> None:
+    """32-bit Trixie: Python 3.13, for which no TFLite runtime has 32-bit ARM wheels."""
+    env = _fake_platform(tmp_path / "bin", "armhf", "armv7l")
+    py = tmp_path / "python3.13"
+    real = shutil.which("python3") or "/usr/bin/python3"
+    py.write_text(
+        "#!/bin/sh\n"
+        'if [ "$1" = -c ]; then shift; code=$1; shift\n'
+        f"  exec {real} -c \"import sys; sys.version_info = (3, 13, 0, 'final', 0); $code\" \"$@\"\n"
+        f'fi\nexec {real} "$@"\n'
+    )
+    py.chmod(0o755)
+    root = tmp_path / "root"
+    out = run_script(SCRIPT, "--root", str(root), "--python", str(py), env=env)
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert out.stdout == ""
+    (line,) = out.stderr.splitlines()
+    assert "Python 3.13 has no TFLite runtime" in line and "64-bit Raspberry Pi OS" in line
+    assert not root.exists()
