@@ -118,8 +118,13 @@ host_mirror() {
   echo "${uri:-http://deb.debian.org/debian}"
 }
 MIRROR=${EDGED_ARM_MIRROR:-$(host_mirror)}
-# pip's index as this machine's pip is configured (file:// extras are not visible in a root).
-PIP_INDEX=$(pip3 config get global.index-url 2>/dev/null || python3 -m pip config get global.index-url 2>/dev/null || true)
+# pip's index and CA bundle as this machine's pip is configured (file:// extras are not visible
+# in a root; a TLS-inspecting proxy's CA is only in the host's bundle).
+pip_config() { pip3 config get "global.$1" 2>/dev/null || python3 -m pip config get "global.$1" 2>/dev/null || true; }
+PIP_INDEX=${PIP_INDEX_URL:-$(pip_config index-url)}
+HOST_CA=${PIP_CERT:-$(pip_config cert)}
+if [ -z "$HOST_CA" ] && [ -r /etc/ssl/certs/ca-certificates.crt ]; then HOST_CA=/etc/ssl/certs/ca-certificates.crt; fi
+ROOT_CA=/etc/ssl/certs/edged-arm-host-ca.crt # where the host's bundle goes in a root
 
 # What each root is made of: what scripts/install.sh finds on a Raspberry Pi OS Lite image
 # before it runs (python3; on armhf the OS's numpy, Pillow and cryptography, which have no
@@ -188,6 +193,7 @@ trap cleanup_run EXIT
 in_root() { # run a command inside the root, with a clean environment (and $QEMU_CPU if set)
   local envs=(PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8)
   if [ -n "$PIP_INDEX" ]; then envs+=("PIP_INDEX_URL=$PIP_INDEX"); fi
+  if [ -n "$HOST_CA" ]; then envs+=("PIP_CERT=$ROOT_CA" "SSL_CERT_FILE=$ROOT_CA"); fi
   if [ -n "${QEMU_CPU:-}" ]; then envs+=("QEMU_CPU=$QEMU_CPU"); fi
   nice -n 15 chroot "$merged" /usr/bin/env -i "${envs[@]}" "$@"
 }
@@ -275,6 +281,7 @@ run_root() { # NAME ARCH ROOT_DIR
   mkdir -p "$CACHE/pip-$arch" "$merged/root/.cache/pip"
   mount --bind "$CACHE/pip-$arch" "$merged/root/.cache/pip" && mounts+=("$merged/root/.cache/pip")
   cp /etc/resolv.conf "$merged/etc/resolv.conf" 2>/dev/null || true
+  if [ -n "$HOST_CA" ]; then cp -- "$HOST_CA" "$merged$ROOT_CA"; fi
   mkdir -p "$merged/src/edged"
   local parts=() part
   for part in "${CHECKOUT_PARTS[@]}"; do if [ -e "$REPO/$part" ]; then parts+=("$part"); fi; done
