@@ -9,7 +9,10 @@
 #            on a Pi (apt step, venv, pip install, the installer's own correctness self-check);
 #            the first run's result is cached as a layer keyed by install.sh + pyproject.toml,
 #            and later runs run install.sh again over it (reinstalling edged when its sources
-#            changed, self-check every time); EDGED_ARM_FRESH=1 forces a fresh install
+#            changed, self-check every time); when install.sh or pyproject.toml changed and a
+#            fresh install does not fit the budget, the new install.sh runs over the newest
+#            older install instead (the upgrade path; it says so); EDGED_ARM_FRESH=1 forces a
+#            fresh install
 #   classify `edged classify` on real models from ../shared/realdata, asserting their labels
 #            (skipped, with the reason, when the data is absent)
 #   golden   the demo bundle's golden vector reproduced by the installed interpreter
@@ -27,7 +30,8 @@
 #
 # Time budget: EDGED_ARM_BUDGET_S (default 1500 s). A root is built only when the time left
 # covers EDGED_ARM_BUILD_ESTIMATE_S (default 1200 s), a test run only when it covers
-# EDGED_ARM_RUN_ESTIMATE_S (default 420 s); otherwise that part is skipped and says so.
+# EDGED_ARM_RUN_ESTIMATE_S (default 420 s), or EDGED_ARM_FRESH_ESTIMATE_S (default 1500 s)
+# when the install layer must be made afresh; otherwise that part is skipped and says so.
 # Where the job cannot run at all (not root, no binfmt_misc, no qemu, no debootstrap, no
 # network for the first build), it prints one "SKIPPED: <reason>" line and exits 0.
 set -euo pipefail
@@ -38,6 +42,7 @@ CACHE=${EDGED_ARM_CACHE:-/var/cache/edged-arm}
 BUDGET_S=${EDGED_ARM_BUDGET_S:-1500}
 BUILD_ESTIMATE_S=${EDGED_ARM_BUILD_ESTIMATE_S:-1200}
 RUN_ESTIMATE_S=${EDGED_ARM_RUN_ESTIMATE_S:-420}
+FRESH_ESTIMATE_S=${EDGED_ARM_FRESH_ESTIMATE_S:-1500}
 REALDATA=${EDGED_REALDATA:-$REPO/../shared/realdata}
 START=$SECONDS
 ROOT_FORMAT=1 # bump when the way a root is made changes (part of the cache key)
@@ -252,6 +257,16 @@ classify_checks() { # NAME: every REAL_CHECKS entry through the installed `edged
   [ -n "$ok" ]
 }
 
+newest_layer() { # ROOT_DIR: the most recent install layer of that root, any installer
+  local d
+  d=$(ls -1td -- "$1".install-* 2>/dev/null | grep -v '\.partial$' | head -n 1 || true)
+  if [ -n "$d" ] && [ -d "$d" ]; then echo "$d"; fi
+}
+
+install_layer() { # ROOT_DIR: where that root's install layer for this installer is cached
+  echo "$1.install-$(cat "$REPO/scripts/install.sh" "$REPO/pyproject.toml" | sha256sum | cut -c1-12)"
+}
+
 run_root() { # NAME ARCH ROOT_DIR
   local name=$1 arch=$2 dir=$3 t0=$SECONDS t
   local ok=1
@@ -263,11 +278,19 @@ run_root() { # NAME ARCH ROOT_DIR
   # over a finished install (the path a `git pull` takes: edged reinstalled when its sources
   # changed, the self-check every time); without it, a fresh install, saved as that layer.
   local layer lower mode=fresh
-  layer=$dir.install-$(cat "$REPO/scripts/install.sh" "$REPO/pyproject.toml" | sha256sum | cut -c1-12)
+  layer=$(install_layer "$dir")
   lower=$dir
+  local older
+  older=$(newest_layer "$dir")
   if [ -d "$layer" ] && [ "${EDGED_ARM_FRESH:-}" != 1 ]; then
     lower=$layer:$dir
     mode=rerun
+  elif [ -n "$older" ] && [ "${EDGED_ARM_FRESH:-}" != 1 ] && [ "$(left)" -lt "$FRESH_ESTIMATE_S" ]; then
+    # The installer changed since the cached install and a fresh one does not fit the budget:
+    # the new install.sh runs over the older install (the upgrade path), and says so.
+    lower=$older:$dir
+    mode=upgrade
+    layer=$older
   fi
   if mount -t overlay overlay -o "lowerdir=$lower,upperdir=$work/upper,workdir=$work/wk" "$merged" 2>/dev/null; then
     mounts+=("$merged")
@@ -307,6 +330,8 @@ run_root() { # NAME ARCH ROOT_DIR
   local out
   if [ "$mode" = rerun ]; then
     log "$name: install: scripts/install.sh again over the cached install $(basename "$layer")"
+  elif [ "$mode" = upgrade ]; then
+    log "$name: install: NOTE: no cached install for this install.sh/pyproject.toml and no time for a fresh one (~${FRESH_ESTIMATE_S} s); the new install.sh runs over the older install $(basename "$layer") instead (run sudo scripts/arm-test.sh --only $name beforehand for a fresh one)"
   else
     log "$name: install: scripts/install.sh, fresh (minutes under emulation)"
   fi
@@ -365,11 +390,8 @@ run_root() { # NAME ARCH ROOT_DIR
   t=$SECONDS
   local port topic n
   port=$(free_port)
-  /usr/sbin/mosquitto -c /dev/stdin >"$work/broker.log" 2>&1 <<EOF &
-listener $port 127.0.0.1
-allow_anonymous true
-persistence false
-EOF
+  printf 'listener %s 127.0.0.1\nallow_anonymous true\npersistence false\n' "$port" >"$work/broker.conf"
+  /usr/sbin/mosquitto -c "$work/broker.conf" >"$work/broker.log" 2>&1 &
   broker_pid=$!
   topic="edged/arm-$arch/prediction"
   n=$(find "$REPO/samples" -name '*.png' | wc -l)
@@ -398,7 +420,8 @@ EOF
   mosquitto_sub -h 127.0.0.1 -p "$port" -t "$topic" -C "$n" -W 240 >"$work/predictions" 2>&1 &
   local sub_pid=$!
   sleep 0.5
-  in_root /opt/edged/venv/bin/edged run -c /tmp/arm.toml >"$work/daemon.log" 2>&1 &
+  # loop = false: the daemon exits after the last sample; `timeout` bounds it inside the root.
+  in_root timeout 300 /opt/edged/venv/bin/edged run -c /tmp/arm.toml >"$work/daemon.log" 2>&1 &
   daemon_pid=$!
   wait "$sub_pid" || true
   kill "$daemon_pid" 2>/dev/null || true
@@ -466,8 +489,14 @@ for ra in "${only[@]}"; do
     log "$ra: cached root $dir (built in $(cat "$dir/.edged-build-seconds" 2>/dev/null || echo '?') s)"
   fi
   [ "$run_tests" = yes ] || continue
-  if [ "$(left)" -lt "$RUN_ESTIMATE_S" ]; then
-    echo "$PROG: $ra: SKIPPED: a test run (~${RUN_ESTIMATE_S} s) does not fit the $(left) s left of the job's budget"
+  estimate=$RUN_ESTIMATE_S
+  what="a test run"
+  if [ "${EDGED_ARM_FRESH:-}" = 1 ] || { [ ! -d "$(install_layer "$dir")" ] && [ -z "$(newest_layer "$dir")" ]; }; then
+    estimate=$FRESH_ESTIMATE_S
+    what="a test run with a fresh install (no install of this root cached yet)"
+  fi
+  if [ "$(left)" -lt "$estimate" ]; then
+    echo "$PROG: $ra: SKIPPED: $what (~${estimate} s) does not fit the $(left) s left of the job's budget; run it beforehand: sudo scripts/arm-test.sh --only $ra"
     continue
   fi
   run_root "$ra" "$arch" "$dir" || failed+=("$ra")
