@@ -456,7 +456,7 @@ def test_32_bit_trixie_python_3_13_is_refused_up_front(tmp_path: Path) -> None:
     py.write_text(
         "#!/bin/sh\n"
         'if [ "$1" = -c ]; then shift; code=$1; shift\n'
-        f"  exec {real} -c \"import sys; sys.version_info = (3, 13, 0, 'final', 0); $code\" \"$@\"\n"
+        f'  exec {real} -c "import sys; sys.version_info = (3, 13, 0, \'final\', 0); $code" "$@"\n'
         f'fi\nexec {real} "$@"\n'
     )
     py.chmod(0o755)
