@@ -133,12 +133,13 @@ if [ -z "$HOST_CA" ] && [ -r /etc/ssl/certs/ca-certificates.crt ]; then HOST_CA=
 ROOT_CA=/etc/ssl/certs/edged-arm-host-ca.crt # where the host's bundle goes in a root
 
 # What each root is made of: what scripts/install.sh finds on a Raspberry Pi OS Lite image
-# before it runs (python3; on armhf the OS's numpy, Pillow and cryptography, which have no
-# 32-bit ARM wheels), plus what the installer's apt step wants, so the step is checked as
-# "already installed" and CI needs no apt-get in the roots.
+# before it runs (python3; on armhf the OS's numpy and Pillow, which have no 32-bit ARM wheels),
+# plus most of what the installer's apt step wants.
 root_packages() { # ARCH
   local p=(python3 python3-venv ca-certificates mosquitto-clients procps)
-  case $1 in armhf) p+=(python3-numpy python3-pil python3-cryptography) ;; esac
+  # (not python3-cryptography: its postinst fails under debootstrap's second stage in qemu-arm;
+  # install.sh's apt step installs it, which is also how a Raspberry Pi OS Lite image gets it)
+  case $1 in armhf) p+=(python3-numpy python3-pil) ;; esac
   (
     IFS=,
     echo "${p[*]}"
@@ -159,6 +160,7 @@ build_root() { # RELEASE ARCH DIR
     "$release" "$dir.partial" "$MIRROR" >"$CACHE/$release-$arch.build.log" 2>&1; then
     log "debootstrap failed; last lines of $CACHE/$release-$arch.build.log:"
     tail -n 5 "$CACHE/$release-$arch.build.log" >&2
+    cp -f -- "$dir.partial/debootstrap/debootstrap.log" "$CACHE/$release-$arch.debootstrap.log" 2>/dev/null || true
     rm -rf -- "$dir.partial"
     return 1
   fi
