@@ -137,8 +137,9 @@ ROOT_CA=/etc/ssl/certs/edged-arm-host-ca.crt # where the host's bundle goes in a
 # plus most of what the installer's apt step wants.
 root_packages() { # ARCH
   local p=(python3 python3-venv ca-certificates mosquitto-clients procps)
-  # (not python3-cryptography: its postinst fails under debootstrap's second stage in qemu-arm;
-  # install.sh's apt step installs it, which is also how a Raspberry Pi OS Lite image gets it)
+  # (not python3-cryptography: it depends on the virtual python3-cffi-backend-api-min/-max,
+  # which debootstrap does not resolve, so it stays unconfigured; install.sh's apt step installs
+  # it with apt, which does)
   case $1 in armhf) p+=(python3-numpy python3-pil) ;; esac
   (
     IFS=,
