@@ -33,9 +33,10 @@
 # covers EDGED_ARM_BUILD_ESTIMATE_S (default 1200 s), a test run only when it covers
 # EDGED_ARM_RUN_ESTIMATE_S (default 420 s), or EDGED_ARM_FRESH_ESTIMATE_S (default 1500 s)
 # when the install layer must be made afresh; otherwise that part is skipped and says so.
-# Measured on a shared 2-core x86-64 host (load ~10), everything under nice 15: bookworm-arm64
-# root 680 s; its fresh install 778 s; a cached run (install.sh again, reinstalling edged after
-# a source change, golden, 3 real models, the daemon) 331 s.
+# Measured on a shared 2-core x86-64 host (load ~10), everything under nice 15: roots
+# (debootstrap) arm64 680 s, armhf 924 s; fresh installs arm64 778 s, armhf 751 s (runs of
+# 801 s and 853 s with the checks); a cached arm64 run (install.sh again, reinstalling edged
+# after a source change, golden, 3 real models, the daemon) 331 s.
 # Where the job cannot run at all (not root, no binfmt_misc, no qemu, no debootstrap, no
 # network for the first build), it prints one "SKIPPED: <reason>" line and exits 0.
 set -euo pipefail
