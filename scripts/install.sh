@@ -108,7 +108,6 @@ if [ -z "$root" ] && [ -z "$dry_run" ] && [ "$(id -u)" -ne 0 ]; then
   echo "$PROG: error: must run as root (sudo $0), or with --root DIR to install into a throwaway tree" >&2
   exit 1
 fi
-if [ -n "$root" ] && [ -z "$dry_run" ]; then mkdir -p -- "$root" || die "cannot create --root $root"; fi
 R=$root # prefix of every path written
 
 if [ -z "$python" ]; then
@@ -123,15 +122,18 @@ if [ "$apt" = auto ]; then if [ -n "$root" ]; then apt=no; else apt=yes; fi; fi
 if [ "$enable" = auto ]; then if [ -n "$root" ]; then enable=no; else enable=yes; fi; fi
 
 # Platform. The userland's architecture, not the kernel's: 32-bit Raspberry Pi OS runs a 64-bit
-# kernel on the Pi 4 and 5, so `uname -m` says aarch64 there.
+# kernel on the Pi 3/4/5 (a 32-bit process there sees `uname -m` = aarch64, or armv8l under the
+# linux32 personality), so what decides the wheels is dpkg's architecture, else the pointer size
+# of the interpreter itself.
 kernel_arch=$(uname -m)
 deb_arch=$(dpkg --print-architecture 2>/dev/null || true)
+py_bits=$("$python" -c 'import struct; print(8 * struct.calcsize("P"))')
 if [ -z "$deb_arch" ]; then
   deb_arch=$kernel_arch
-  "$python" -c 'import struct, sys; sys.exit(struct.calcsize("P") != 4)' && deb_arch=armhf
+  case $kernel_arch in aarch64 | arm*) if [ "$py_bits" = 32 ]; then deb_arch=armhf; fi ;; esac
 fi
 arm32=""
-case $deb_arch in armhf | armel | armv7l | armv6l) arm32=1 ;; esac
+case $deb_arch in armhf | armel | armv7l | armv6l | armv8l) arm32=1 ;; esac
 pi_model=""
 if [ -r /proc/device-tree/model ]; then pi_model=$(tr -d '\0' </proc/device-tree/model); fi
 on_pi=""
@@ -141,15 +143,24 @@ os_name=$(
   . /etc/os-release 2>/dev/null && echo "${ID:-linux} ${VERSION_CODENAME:-}"
 ) || os_name=linux
 
-# On 32-bit ARM, ai-edge-litert has no wheels at all; tflite-runtime 2.14 (its last release)
-# has armv7l wheels for Python 3.8-3.11 only (manylinux_2_34: glibc 2.34+, Bookworm has 2.36).
-extra_reqs=()
+# 32-bit ARM: ai-edge-litert has no wheels at all; tflite-runtime 2.14 (its last release) has
+# armv7l wheels for CPython 3.8-3.11 only (manylinux_2_34: glibc 2.34+; Bookworm has 2.36), built
+# for ARMv7 with NEON; Pillow, numpy and cffi (cryptography's) have no 32-bit ARM wheels, so those
+# come from the OS (python3-pil, python3-numpy, python3-cryptography). Every refusal is here,
+# before anything is changed.
 if [ -n "$arm32" ]; then
-  "$python" -c 'import sys; sys.exit(sys.version_info >= (3, 12))' ||
-    die "32-bit ARM ($deb_arch) with Python $pyver: no TFLite runtime is installable (ai-edge-litert has no 32-bit ARM wheels, tflite-runtime's last release, 2.14, stops at Python 3.11); install the 64-bit Raspberry Pi OS"
-  extra_reqs=(tflite-runtime)
+  refuse32() { die "32-bit ARM ($deb_arch userland, $kernel_arch kernel) is not supported here: $*"; }
+  case $deb_arch in armel | armv6l) refuse32 "tflite-runtime's wheels need an armhf (ARMv7) userland; install the 64-bit Raspberry Pi OS" ;; esac
+  case $kernel_arch in armv6*) refuse32 "an ARMv6 CPU (Pi 1 / Zero / Zero W) cannot run tflite-runtime's ARMv7 wheels" ;; esac
+  "$python" -c 'import sys; sys.exit(not (3, 8) <= sys.version_info[:2] <= (3, 11))' ||
+    refuse32 "Python $pyver has no TFLite runtime (ai-edge-litert has no 32-bit ARM wheels, tflite-runtime's last release, 2.14, stops at Python 3.11: Raspberry Pi OS Bookworm has 3.11, Trixie 3.13); install the 64-bit Raspberry Pi OS"
+  [ "$(
+    "$python" -c 'import os; print(os.confstr("CS_GNU_LIBC_VERSION").split()[1])' 2>/dev/null |
+      awk -F. '{print ($1 > 2 || ($1 == 2 && $2 >= 34)) ? "ok" : "old"}'
+  )" = ok ] || refuse32 "tflite-runtime 2.14's armv7l wheel needs glibc 2.34+ (Debian Bookworm or newer)"
 fi
 
+if [ -n "$root" ] && [ -z "$dry_run" ]; then mkdir -p -- "$root" || die "cannot create --root $root"; fi
 if [ ! -f "$REPO/pyproject.toml" ] || [ ! -d "$REPO/edged" ]; then die "$REPO is not an edged checkout"; fi
 for f in config/edged.example.toml systemd/edged.service models/digits.edgb; do
   [ -f "$REPO/$f" ] || die "missing $REPO/$f"
@@ -191,7 +202,8 @@ apt_has() {
 
 wanted=(python3-venv mosquitto-clients)
 if [ -n "$on_pi" ]; then wanted+=(python3-picamera2); fi
-if [ -n "$arm32" ]; then wanted+=(python3-numpy); fi # numpy<2 for tflite-runtime, prebuilt
+# No 32-bit ARM wheels on PyPI for these (numpy 1.x for tflite-runtime): the OS's, prebuilt.
+if [ -n "$arm32" ]; then wanted+=(python3-numpy python3-pil python3-cryptography); fi
 if ! command -v dpkg-query >/dev/null 2>&1; then
   say apt "not a Debian system, skipped (wanted: ${wanted[*]})"
 else
@@ -200,6 +212,14 @@ else
   if [ ${#missing[@]} -eq 0 ]; then
     say apt "${wanted[*]} already installed"
   elif [ "$apt" = no ]; then
+    if [ -n "$arm32" ]; then
+      for p in "${missing[@]}"; do
+        case $p in python3-numpy | python3-pil | python3-cryptography)
+          die "32-bit ARM needs the OS's python3-numpy python3-pil python3-cryptography (PyPI has no wheels for them there), and $p is missing: apt-get install it, or run without --no-apt"
+          ;;
+        esac
+      done
+    fi
     why=--no-apt
     if [ -n "$root" ]; then why=--root; fi
     say apt "skipped ($why); missing here: ${missing[*]}"
@@ -260,18 +280,30 @@ source_hash() { (cd "$REPO" && source_files | tr '\n' '\0' | xargs -0 sha256sum 
 
 # picamera2's compiled dependencies (simplejpeg, ...) are built against the OS's numpy; a
 # numpy from PyPI in the venv would shadow it and break `import picamera2` (numpy 1.x and 2.x
-# are not binary compatible), so pip is told to keep the OS's version.
-os_numpy=$("$python" -c 'import numpy; print(numpy.__version__)' 2>/dev/null || true)
+# are not binary compatible), so pip is told to keep the OS's version. On 32-bit ARM the same
+# holds for Pillow and cryptography: PyPI has no wheels for them (or for cffi) there, so pip
+# must take the OS's rather than try to compile them.
+os_version() { "$python" -c "import $1 as m; print(m.__version__)" 2>/dev/null || true; }
 constraints=()
 pin_note=""
+os_numpy=$(os_version numpy)
 if [ -n "$os_numpy" ]; then
   constraints+=("numpy==$os_numpy")
   pin_note="; numpy kept at the OS's $os_numpy"
 elif [ -n "$arm32" ]; then
   constraints+=("numpy<2") # tflite-runtime 2.14 is built against numpy 1.x
 fi
+if [ -n "$arm32" ]; then
+  for mod_pkg in PIL:pillow cryptography:cryptography; do
+    v=$(os_version "${mod_pkg%%:*}")
+    if [ -n "$v" ]; then
+      constraints+=("${mod_pkg#*:}==$v")
+      pin_note="$pin_note, ${mod_pkg#*:} at $v"
+    fi
+  done
+fi
 stamp_file=$venv/.edged-install
-stamp="$(source_hash) python=$pyver constraints=${constraints[*]:-} extra=${extra_reqs[*]:-}"
+stamp="$(source_hash) python=$pyver constraints=${constraints[*]:-} arm32=${arm32:-no}"
 
 installed_version() { "$venv/bin/edged" --version 2>/dev/null | awk '{print $2}'; }
 if [ -z "$venv_fresh" ] && [ "$(cat "$stamp_file" 2>/dev/null || true)" = "$stamp" ] &&
@@ -286,26 +318,88 @@ else
   (cd "$REPO" && source_files | tar -cf - --no-recursion -T -) | tar -xf - -C "$tmp/src"
   printf '%s\n' "${constraints[@]}" >"$tmp/constraints.txt"
   echo "$PROG: pip-installing edged and its dependencies into $venv (minutes on a Pi) ..." >&2
-  pip=("$venv/bin/pip")
-  # 32-bit userland on a 64-bit kernel: make pip's environment markers (platform_machine)
-  # see armv7l, as the interpreter itself is.
-  if [ -n "$arm32" ] && [ "$kernel_arch" = aarch64 ]; then pip=(setarch linux32 "${pip[@]}"); fi
-  "${pip[@]}" install --quiet --disable-pip-version-check --no-input --progress-bar off \
-    --constraint "$tmp/constraints.txt" "$tmp/src" "${extra_reqs[@]}" ||
+  pip=("$venv/bin/python" -m pip)
+  pip_opts=(--quiet --disable-pip-version-check --no-input --progress-bar off)
+  if [ -n "$arm32" ]; then
+    # A 32-bit process on a 64-bit kernel: under the linux32 personality `uname -m` says
+    # armv8l, which pyproject's markers know as 32-bit ARM (no ai-edge-litert, tflite-runtime
+    # instead). Bookworm's pip 23.0 offers only linux_armv8l wheel tags there; pip 24.1+ (its
+    # packaging 24.1) also accepts armv7l, the tag tflite-runtime's wheels carry.
+    if [ "$kernel_arch" = aarch64 ]; then pip=(setarch linux32 "${pip[@]}"); fi
+    "${pip[@]}" install "${pip_opts[@]}" 'pip>=24.1' ||
+      die "could not upgrade pip in $venv (pip 24.1+ is needed to find armv7l wheels; output above)"
+  fi
+  "${pip[@]}" install "${pip_opts[@]}" --constraint "$tmp/constraints.txt" "$tmp/src" ||
     die "pip install into $venv failed (output above)"
   echo "$stamp" >"$stamp_file"
   changed edged "$(installed_version) installed into $venv from $REPO$pin_note"
   edged_changed=1
 fi
 
-# A check, not a change: the demo model loads and classifies with the runtime pip installed.
-sample=$(find "$REPO/samples" -name '*.png' 2>/dev/null | LC_ALL=C sort | head -n 1)
-if ! would && [ -n "$sample" ]; then
-  if out=$("$venv/bin/edged" classify "$REPO/models/digits.edgb" "$sample" --top-k 1 2>&1); then
-    label=$(printf '%s' "$out" | sed -n 's/.*"label": "\([^"]*\)".*/\1/p' | head -n 1)
-    say runtime "the demo model runs here: $(basename "$sample") -> \"$label\""
+# A check, not a change, and it must prove the numbers, not only that something runs: the
+# installed interpreter reproduces the demo bundle's golden vector within its tolerance, and
+# classifies the known-answer images in samples/ (<name>-<label>-<n>.png) as named. A failure
+# stops the install with the reason.
+selfcheck() { # MODEL SAMPLES_DIR
+  "$venv/bin/python" - "$@" <<'EOF'
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from edged.model.bundle import read_bundle
+from edged.model.classifier import Classifier
+from edged.update.validate import _check_golden
+
+MIN_AGREEMENT = 0.9  # the demo model gets 19 of its 20 samples right on a correct runtime
+
+
+def fail(msg):
+    print(msg)
+    sys.exit(1)
+
+
+model, samples = Path(sys.argv[1]), Path(sys.argv[2])
+bundle = read_bundle(model.read_bytes(), allow_unsigned=True)
+clf = Classifier.from_bundle(bundle, threads=1)
+golden = bundle.manifest.get("golden")
+if golden is None:
+    fail(f"{model.name} has no golden vector to check the interpreter against")
+try:
+    diff = _check_golden(clf, bundle.members, golden, np)
+except ValueError as err:
+    fail(f"golden vector: {err}")
+known = []
+for path in sorted(samples.glob("*.png")):
+    m = re.fullmatch(r"[a-z]+-(.+)-\d+", path.stem)
+    if m:
+        known.append((path, m.group(1)))
+if not known:
+    fail(f"no known-answer images (<name>-<label>-<n>.png) in {samples}")
+wrong, labels = [], set()
+for path, want in known:
+    with Image.open(path) as im:
+        got = clf.classify(np.asarray(im.convert("RGB")), 1).label
+    labels.add(got)
+    if got != want:
+        wrong.append(f'{path.name} -> "{got}"')
+right = len(known) - len(wrong)
+if right < MIN_AGREEMENT * len(known) or (len(known) > 1 and len(labels) == 1):
+    fail(f"known-answer images: only {right} of {len(known)} as named ({', '.join(wrong[:3])}, ...)")
+atol = float(golden.get("atol", 0))
+print(
+    f"golden vector within {diff:.2g} (atol {atol:g}); {right} of {len(known)} known-answer "
+    f"images as named; backend {clf.info.backend}"
+)
+EOF
+}
+if ! would; then
+  if out=$(selfcheck "$REPO/models/digits.edgb" "$REPO/samples" 2>&1); then
+    say selfcheck "$(printf '%s' "$out" | tail -n 1)"
   else
-    die "the installed edged cannot run the demo model: $(printf '%s' "$out" | tail -n 1)"
+    die "the installed edged computes wrong answers here, so it would publish wrong labels: $(printf '%s' "$out" | tail -n 1)"
   fi
 fi
 if [ -n "$on_pi" ] && ! would; then

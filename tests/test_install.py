@@ -137,7 +137,7 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
 
 def test_install_reports_one_line_per_step(installed: Installed) -> None:
     found = steps(installed.first.stdout)
-    for step in ("platform", "venv", "edged", "runtime", "config", "password", "model", "unit"):
+    for step in ("platform", "venv", "edged", "selfcheck", "config", "password", "model", "unit"):
         assert step in found, f"no {step!r} line in:\n{installed.first.stdout}"
     assert installed.first.stdout.splitlines()[-1].startswith("done:")
     assert "skipped (--root)" in found["systemd"][0]
@@ -151,7 +151,13 @@ def test_venv_sees_system_site_packages_and_runs_edged(installed: Installed) -> 
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == f"edged {edged.__version__}"
-    assert "the demo model runs here" in installed.first.stdout
+    # The self-check proves numbers, not only that something runs.
+    check = steps(installed.first.stdout)["selfcheck"][0]
+    assert re.fullmatch(
+        r"golden vector within \S+ \(atol 0\.015625\); (19|20) of 20 known-answer images as "
+        r"named; backend \S+",
+        check,
+    ), check
 
 
 def test_config_is_valid_and_runs_the_installed_demo_model(
@@ -282,3 +288,182 @@ def test_root_dir_needs_no_root() -> None:
     assert found["done"][0].startswith("dry run:")
     assert "would be created" in found["venv"][0]
     assert not target.exists()
+
+
+# -- the self-check: wrong numbers stop the install ----------------------------------------------
+
+
+def _checkout_copy(installed: Installed, dest: Path) -> Path:
+    shutil.copytree(installed.checkout, dest, symlinks=True)
+    return dest
+
+
+def _reuse_venv(installed: Installed, root: Path) -> None:
+    """The fixture's venv under a new root: no second pip install (the sources are the same)."""
+    venv = root / "opt" / "edged" / "venv"
+    venv.parent.mkdir(parents=True)
+    venv.symlink_to(installed.venv, target_is_directory=True)
+
+
+def test_selfcheck_fails_the_install_when_the_golden_vector_is_not_reproduced(
+    installed: Installed, tmp_path: Path
+) -> None:
+    from edged.model.bundle import GOLDEN, build_bundle, read_bundle
+
+    checkout = _checkout_copy(installed, tmp_path / "checkout")
+    model = checkout / "models" / "digits.edgb"
+    bundle = read_bundle(model.read_bytes(), allow_unsigned=True)
+    golden = dict(bundle.manifest["golden"])
+    golden["output"] = list(reversed(golden["output"]))  # what a broken interpreter would give
+    model.write_bytes(
+        build_bundle(
+            name=bundle.name,
+            version=bundle.version,
+            model=bundle.model_bytes,
+            labels=bundle.labels,
+            input_spec=bundle.manifest["input"],
+            extra_members={GOLDEN: bundle.members[GOLDEN]},
+            extra_manifest={"golden": golden},
+        )
+    )
+    root = tmp_path / "root"
+    _reuse_venv(installed, root)
+    out = run_script(checkout / "scripts" / "install.sh", "--root", str(root), timeout=300)
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "selfcheck" not in steps(out.stdout)
+    (line,) = out.stderr.splitlines()[-1:]
+    assert "computes wrong answers here" in line and "golden output differs by" in line
+    assert not (root / "etc" / "edged" / "edged.toml").exists()  # stopped before /etc/edged
+
+
+def test_selfcheck_fails_when_known_answer_images_collapse_to_one_label(
+    installed: Installed, tmp_path: Path
+) -> None:
+    checkout = _checkout_copy(installed, tmp_path / "checkout")
+    samples = sorted((checkout / "samples").glob("*.png"))
+    zero = samples[0].read_bytes()
+    for path in samples:  # every known answer now shows a 0: a runtime that says "0" to all
+        path.write_bytes(zero)
+    root = tmp_path / "root"
+    _reuse_venv(installed, root)
+    out = run_script(checkout / "scripts" / "install.sh", "--root", str(root), timeout=300)
+    assert out.returncode == 1, out.stdout + out.stderr
+    line = out.stderr.splitlines()[-1]
+    assert "known-answer images: only 2 of 20 as named" in line, line
+
+
+# -- 32-bit ARM: the userland decides, and what cannot work is refused up front ----------------
+
+
+def _fake_platform(bin_dir: Path, dpkg_arch: str, uname_m: str) -> dict[str, str]:
+    """dpkg, dpkg-query and uname stand-ins: a Debian userland of ``dpkg_arch`` on a kernel
+    that says ``uname_m``, with none of the OS's Python packages installed."""
+    bin_dir.mkdir()
+    scripts = {
+        "dpkg": f'#!/bin/sh\n[ "$1" = --print-architecture ] && echo {dpkg_arch}\n',
+        "dpkg-query": "#!/bin/sh\nexit 1\n",
+        "uname": f'#!/bin/sh\ncase "$1" in -m) echo {uname_m} ;; *) /bin/uname "$@" ;; esac\n',
+    }
+    for name, text in scripts.items():
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+    return {**os.environ, "PATH": f"{bin_dir}:{os.environ.get('PATH', '')}"}
+
+
+@pytest.mark.parametrize(
+    ("dpkg_arch", "uname_m", "why"),
+    [
+        ("armel", "armv7l", "need an armhf (ARMv7) userland"),
+        ("armhf", "armv6l", "an ARMv6 CPU (Pi 1 / Zero / Zero W) cannot run"),
+    ],
+)
+def test_unsupported_32_bit_arm_is_refused_in_one_line_before_any_change(
+    tmp_path: Path, dpkg_arch: str, uname_m: str, why: str
+) -> None:
+    env = _fake_platform(tmp_path / "bin", dpkg_arch, uname_m)
+    root = tmp_path / "root"
+    out = run_script(SCRIPT, "--root", str(root), env=env)
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert out.stdout == ""
+    (line,) = out.stderr.splitlines()
+    assert line.startswith("install.sh: error: 32-bit ARM") and why in line, line
+    assert not root.exists()
+
+
+def test_32_bit_userland_on_a_64_bit_kernel_is_told_from_the_userland(tmp_path: Path) -> None:
+    """A Pi 4 with 32-bit Raspberry Pi OS: uname says aarch64, dpkg says armhf. The installer
+    takes the 32-bit path, so it asks for the OS's numpy/Pillow/cryptography; without apt
+    (--root) and without them it stops with the reason, having written nothing."""
+    env = _fake_platform(tmp_path / "bin", "armhf", "aarch64")
+    root = tmp_path / "root"
+    out = run_script(SCRIPT, "--root", str(root), env=env)
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "armhf" in steps(out.stdout)["platform"][0]
+    (line,) = out.stderr.splitlines()
+    assert "32-bit ARM needs the OS's python3-numpy python3-pil python3-cryptography" in line
+    assert list(root.iterdir()) == []  # created, nothing written
+
+
+def test_64_bit_arm_takes_the_ordinary_path(tmp_path: Path) -> None:
+    env = _fake_platform(tmp_path / "bin", "arm64", "aarch64")
+    out = run_script(SCRIPT, "--root", str(tmp_path / "root"), "--dry-run", env=env)
+    assert out.returncode == 0, out.stdout + out.stderr
+    found = steps(out.stdout)
+    assert "arm64" in found["platform"][0]
+    assert "missing here: python3-venv mosquitto-clients" in found["apt"][0]  # no python3-pil
+
+
+def _requirements(env: dict[str, str]) -> dict[str, str]:
+    """pyproject's dependencies that apply in ``env``: name -> specifier."""
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    out = {}
+    for text in deps:
+        req = Requirement(text)
+        if req.marker is None or req.marker.evaluate(env):
+            assert req.name not in out, f"two requirements for {req.name} apply in {env}"
+            out[req.name] = str(req.specifier)
+    return out
+
+
+@pytest.mark.parametrize("machine", ["armv7l", "armv8l"])
+def test_markers_on_32_bit_arm(machine: str) -> None:
+    reqs = _requirements({"platform_machine": machine, "python_version": "3.11"})
+    assert "ai-edge-litert" not in reqs
+    assert reqs["tflite-runtime"] == ">=2.14"
+    # Debian Bookworm's python3-pil 9.4 and python3-cryptography 38 satisfy them
+    assert reqs["pillow"] == ">=9.4" and reqs["cryptography"] == ">=38"
+    newer = _requirements({"platform_machine": machine, "python_version": "3.13"})
+    assert "tflite-runtime" not in newer  # no wheels past 3.11: install.sh refuses instead
+
+
+@pytest.mark.parametrize("machine", ["aarch64", "x86_64"])
+def test_markers_on_64_bit(machine: str) -> None:
+    reqs = _requirements({"platform_machine": machine, "python_version": "3.11"})
+    assert reqs["ai-edge-litert"] == ">=1.2"
+    assert "tflite-runtime" not in reqs
+    assert reqs["pillow"] == ">=10" and reqs["cryptography"] == ">=42"
+
+
+def test_32_bit_trixie_python_3_13_is_refused_up_front(tmp_path: Path) -> None:
+    """32-bit Trixie: Python 3.13, for which no TFLite runtime has 32-bit ARM wheels."""
+    env = _fake_platform(tmp_path / "bin", "armhf", "armv7l")
+    py = tmp_path / "python3.13"
+    real = shutil.which("python3") or "/usr/bin/python3"
+    py.write_text(
+        "#!/bin/sh\n"
+        'if [ "$1" = -c ]; then shift; code=$1; shift\n'
+        f'  exec {real} -c "import sys; sys.version_info = (3, 13, 0, \'final\', 0); $code" "$@"\n'
+        f'fi\nexec {real} "$@"\n'
+    )
+    py.chmod(0o755)
+    root = tmp_path / "root"
+    out = run_script(SCRIPT, "--root", str(root), "--python", str(py), env=env)
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert out.stdout == ""
+    (line,) = out.stderr.splitlines()
+    assert "Python 3.13 has no TFLite runtime" in line and "64-bit Raspberry Pi OS" in line
+    assert not root.exists()

@@ -9,6 +9,21 @@ CPU resize is needed. Formats (Picamera2 manual, appendix A):
 * ``RGB888``: shape ``(h, w, 3)`` with pixels in **[B, G, R]** byte order (libcamera
   / DRM naming). Available for lores on the Pi 5 (PiSP).
 
+What the camera stack grants can differ from what was asked, so the source reads the
+configuration back after ``configure`` and works from that (sources: libcamera's Raspberry Pi
+pipeline handlers and the bcm2835-isp driver; see tests/sources/fake_picamera2):
+
+* **size**: the Pi 4 ISP clamps every output to at least 64x64 (a 32x32 model's lores stream
+  comes back 64x64); the Pi 5 enlarges outputs that would downscale the sensor image more than
+  its scalers allow, keeping the aspect ratio. The frame is resized to the model input.
+* **format**: an output that cannot produce the requested format is given NV12; YUV420,
+  YVU420, NV12, NV21, RGB888, BGR888, XBGR8888 and XRGB8888 are all converted.
+* **controls**: only those the camera advertises are set (picamera2 refuses the others:
+  "Control ... is not advertised by libcamera"); ``fps`` becomes ``FrameRate``.
+* **timeouts**: ``capture_array(wait=seconds)`` times out only from picamera2 0.3.20 on; before
+  that it waits forever for a camera that stopped. Each capture runs in a helper thread that
+  edged abandons after ``read_timeout_s`` (plus a grace), so a read never hangs.
+
 ``picamera2`` is imported only inside :meth:`Picamera2FrameSource.open`.
 """
 
@@ -34,6 +49,12 @@ PICAMERA2_MISSING = (
 )
 DEVICE_TREE_MODEL = Path("/proc/device-tree/model")
 BUFFER_COUNT = 4  # picamera2's preview default: enough to keep the ISP busy, little latency
+YUV_FORMATS = ("YUV420", "YVU420", "NV12", "NV21")
+RGB_FORMATS = ("RGB888", "BGR888", "XBGR8888", "XRGB8888")
+# Our own capture deadline is picamera2's wait plus this: picamera2 >= 0.3.20 reports its own
+# timeout first; an older one (or a wedged driver) is abandoned.
+READ_GRACE_S = 1.0
+FRAME_RATE_CONTROLS = ("FrameRate", "FrameDurationLimits")  # FrameRate sets FrameDurationLimits
 _PISP_MODELS = re.compile(r"Raspberry Pi (5|500)\b|Compute Module 5\b")
 
 
@@ -58,18 +79,29 @@ def detect_platform(picamera2_cls: Any = None, model_file: Path | None = None) -
     return "pisp" if _PISP_MODELS.search(model) else "vc4"
 
 
-def _yuv420_to_rgb_numpy(arr: np.ndarray, width: int) -> np.ndarray:
-    """BT.601 limited range, nearest-neighbour chroma; same maths as OpenCV's I420."""
+def _chroma_planes(arr: np.ndarray, fmt: str) -> tuple[np.ndarray, np.ndarray]:
+    """The U and V planes, (h/2, stride/2) each, of a 4:2:0 array ``(h*3//2, stride)``."""
     h = arr.shape[0] * 2 // 3
     stride = arr.shape[1]
-    y = arr[:h, :width].astype(np.float32) - 16.0
     chroma = np.ascontiguousarray(arr[h:]).reshape(-1)
-    n = (h // 2) * (stride // 2)
-    u = chroma[:n].reshape(h // 2, stride // 2)
-    v = chroma[n : 2 * n].reshape(h // 2, stride // 2)
+    if fmt in ("NV12", "NV21"):  # interleaved chroma rows of `stride` bytes
+        uv = chroma.reshape(h // 2, stride)
+        first, second = uv[:, 0::2], uv[:, 1::2]
+    else:  # planar: two planes of (h/2, stride/2)
+        n = (h // 2) * (stride // 2)
+        first = chroma[:n].reshape(h // 2, stride // 2)
+        second = chroma[n : 2 * n].reshape(h // 2, stride // 2)
+    return (first, second) if fmt in ("YUV420", "NV12") else (second, first)
+
+
+def _yuv420_to_rgb_numpy(arr: np.ndarray, width: int, fmt: str = "YUV420") -> np.ndarray:
+    """BT.601 limited range, nearest-neighbour chroma; same maths as OpenCV's I420."""
+    h = arr.shape[0] * 2 // 3
+    y = arr[:h, :width].astype(np.float32) - 16.0
+    u_plane, v_plane = _chroma_planes(arr, fmt)
     cw = (width + 1) // 2
-    u = u[:, :cw].repeat(2, axis=0).repeat(2, axis=1)[:h, :width].astype(np.float32) - 128.0
-    v = v[:, :cw].repeat(2, axis=0).repeat(2, axis=1)[:h, :width].astype(np.float32) - 128.0
+    u = u_plane[:, :cw].repeat(2, axis=0).repeat(2, axis=1)[:h, :width].astype(np.float32) - 128.0
+    v = v_plane[:, :cw].repeat(2, axis=0).repeat(2, axis=1)[:h, :width].astype(np.float32) - 128.0
     y *= 1.164
     rgb = np.empty((h, width, 3), dtype=np.float32)
     rgb[..., 0] = y + 1.596 * v
@@ -78,15 +110,19 @@ def _yuv420_to_rgb_numpy(arr: np.ndarray, width: int) -> np.ndarray:
     return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
 
 
-def yuv420_to_rgb(arr: np.ndarray, width: int, *, use_cv2: bool | None = None) -> np.ndarray:
-    """picamera2's YUV420 array ``(h*3//2, stride)`` -> RGB ``(h, width, 3)`` uint8.
+def yuv420_to_rgb(
+    arr: np.ndarray, width: int, *, use_cv2: bool | None = None, fmt: str = "YUV420"
+) -> np.ndarray:
+    """picamera2's 4:2:0 array ``(h*3//2, stride)`` -> RGB ``(h, width, 3)`` uint8.
 
-    Uses ``cv2.cvtColor(..., COLOR_YUV2RGB_I420)`` when OpenCV is importable (or
-    ``use_cv2`` is True), otherwise a vectorised numpy conversion. Both assume
-    BT.601 limited range, which is the colour space the source requests.
+    ``fmt``: YUV420 (I420), YVU420 (YV12), NV12 or NV21. Uses ``cv2.cvtColor`` when OpenCV
+    is importable (or ``use_cv2`` is True), otherwise a vectorised numpy conversion. Both
+    assume BT.601 limited range, which is the colour space the source requests.
     """
+    if fmt not in YUV_FORMATS:
+        raise SourceError(f"picamera2: {fmt} is not a 4:2:0 YUV format")
     if arr.ndim != 2 or arr.shape[0] % 3 or arr.shape[1] % 2 or width > arr.shape[1]:
-        raise SourceError(f"picamera2: unexpected YUV420 array shape {arr.shape} for width {width}")
+        raise SourceError(f"picamera2: unexpected {fmt} array shape {arr.shape} for width {width}")
     cv2: Any = None
     if use_cv2 is not False:
         try:
@@ -95,8 +131,14 @@ def yuv420_to_rgb(arr: np.ndarray, width: int, *, use_cv2: bool | None = None) -
             if use_cv2:
                 raise
     if cv2 is None:
-        return _yuv420_to_rgb_numpy(arr, width)
-    rgb = cv2.cvtColor(np.ascontiguousarray(arr), cv2.COLOR_YUV2RGB_I420)
+        return _yuv420_to_rgb_numpy(arr, width, fmt)
+    code = {
+        "YUV420": cv2.COLOR_YUV2RGB_I420,
+        "YVU420": cv2.COLOR_YUV2RGB_YV12,
+        "NV12": cv2.COLOR_YUV2RGB_NV12,
+        "NV21": cv2.COLOR_YUV2RGB_NV21,
+    }[fmt]
+    rgb = cv2.cvtColor(np.ascontiguousarray(arr), code)
     return np.ascontiguousarray(rgb[:, :width])
 
 
@@ -144,6 +186,7 @@ class Picamera2FrameSource(FrameSource):
         self._lock = threading.Lock()
         self._reading = False
         self._orphan: Any = None
+        self._stuck: threading.Thread | None = None  # an abandoned capture, still blocked
 
     def _resolve_format(self) -> str:
         fmt = self.cfg.lores_format
@@ -183,8 +226,9 @@ class Picamera2FrameSource(FrameSource):
         except ImportError:  # pragma: no cover - picamera2 cannot import without it
             libcamera = None
         self.platform = detect_platform(Picamera2)
-        self.format = self._resolve_format()
+        self.format = asked = self._resolve_format()
         main, lores = self._stream_sizes()
+        requested = lores if lores is not None else main
         n = self.cfg.camera
         try:
             cameras = Picamera2.global_camera_info()
@@ -204,7 +248,15 @@ class Picamera2FrameSource(FrameSource):
         try:
             kwargs: dict[str, Any] = {"buffer_count": BUFFER_COUNT}
             if self.cfg.fps is not None:
-                kwargs["controls"] = {"FrameRate": float(self.cfg.fps)}
+                if _advertises(cam, FRAME_RATE_CONTROLS):
+                    kwargs["controls"] = {"FrameRate": float(self.cfg.fps)}
+                else:
+                    log.warning(
+                        "picamera2: camera %d does not advertise a frame rate control; "
+                        "fps = %g is not applied",
+                        n,
+                        self.cfg.fps,
+                    )
             if self.format == "YUV420" and libcamera is not None:
                 # Our YUV -> RGB maths is BT.601 limited range: ask for exactly that.
                 kwargs["colour_space"] = libcamera.ColorSpace.Smpte170m()
@@ -220,31 +272,73 @@ class Picamera2FrameSource(FrameSource):
                     **kwargs,
                 )
             cam.configure(config)
-            actual = cam.camera_configuration()[self.stream]
-            self.stream_size = (int(actual["size"][0]), int(actual["size"][1]))
+            self._granted(cam.camera_configuration()[self.stream])
             cam.start()
+        except SourceError:
+            _shutdown(cam)
+            raise
         except Exception as err:
             _shutdown(cam)
             raise SourceError(f"picamera2: cannot start camera {n}: {err}") from None
         with self._lock:
             self._cam = cam
         log.info(
-            "picamera2 source: camera %d (%s) on %s, %s %s %dx%d",
+            "picamera2 source: camera %d (%s) on %s, %s %s %dx%d%s",
             n,
             cameras[n].get("Model", "?"),
             self.platform,
             self.stream,
             self.format,
             *self.stream_size,
+            (
+                f" (asked {requested[0]}x{requested[1]} {asked}; frames are resized)"
+                if (requested, asked) != (self.stream_size, self.format)
+                else ""
+            ),
         )
+
+    def _granted(self, actual: Any) -> None:
+        """Take the stream as libcamera granted it (size and format may differ from the
+        request); refuse one that cannot be converted, with the reason."""
+        try:
+            size = (int(actual["size"][0]), int(actual["size"][1]))
+            fmt = str(actual["format"])
+        except (KeyError, TypeError, ValueError, IndexError):
+            raise SourceError(f"picamera2: unreadable stream configuration {actual!r}") from None
+        if not (0 < size[0] <= 16384 and 0 < size[1] <= 16384):
+            raise SourceError(f"picamera2: libcamera granted an unusable size {size}")
+        if fmt not in YUV_FORMATS + RGB_FORMATS:
+            raise SourceError(
+                f"picamera2: libcamera gave the {self.stream} stream format {fmt}, which edged "
+                f"cannot convert (it handles {', '.join(YUV_FORMATS + RGB_FORMATS)})"
+            )
+        if fmt != self.format:
+            log.warning(
+                "picamera2: asked for %s on the %s stream, libcamera gave %s",
+                self.format,
+                self.stream,
+                fmt,
+            )
+        self.stream_size = size
+        self.format = fmt
 
     def close(self) -> None:
         with self._lock:
             cam, self._cam = self._cam, None
+            stuck = self._stuck is not None and self._stuck.is_alive()
+            self._stuck = None
             if cam is not None and self._reading:
                 self._orphan = cam  # shut down by the thread blocked in read()
                 cam = None
-        if cam is not None:
+        if cam is None:
+            return
+        if stuck:
+            # A capture is still blocked inside picamera2: stopping may wait behind it, so
+            # that happens off this thread; close() returns at once.
+            threading.Thread(
+                target=_shutdown, args=(cam,), name="picamera2-shutdown", daemon=True
+            ).start()
+        else:
             _shutdown(cam)
 
     def read(self) -> Frame | None:
@@ -252,15 +346,40 @@ class Picamera2FrameSource(FrameSource):
             cam = self._cam
             if cam is None:
                 raise SourceError("picamera2 source is not open")
-            self._reading = True
-        try:
-            try:
-                raw = cam.capture_array(self.stream, wait=self.cfg.read_timeout_s)
-            except TimeoutError:
+            if self._stuck is not None and self._stuck.is_alive():
                 raise SourceError(
-                    f"picamera2: capture failed: no frame within {self.cfg.read_timeout_s:g} s"
+                    "picamera2: capture failed: an earlier capture is still blocked in "
+                    "picamera2 (the camera stopped delivering frames); reopen the camera"
+                )
+            self._reading = True
+        timeout = self.cfg.read_timeout_s
+        box: dict[str, Any] = {}
+
+        def capture() -> None:
+            try:
+                box["raw"] = cam.capture_array(self.stream, wait=timeout)
+            except BaseException as err:
+                box["err"] = err
+
+        worker = threading.Thread(target=capture, name="picamera2-capture", daemon=True)
+        try:
+            worker.start()
+            worker.join(timeout + READ_GRACE_S)
+            if worker.is_alive():
+                # An old picamera2 (< 0.3.20) ignores the wait's number; a wedged driver
+                # never answers. Abandon the thread; close() shuts the camera down.
+                with self._lock:
+                    self._stuck = worker
+                raise SourceError(
+                    f"picamera2: capture failed: no frame within {timeout:g} s "
+                    "(picamera2 did not return; the capture was abandoned)"
+                )
+            err = box.get("err")
+            if isinstance(err, TimeoutError):
+                raise SourceError(
+                    f"picamera2: capture failed: no frame within {timeout:g} s"
                 ) from None
-            except Exception as err:
+            if err is not None:
                 why = str(err) or type(err).__name__
                 raise SourceError(f"picamera2: capture failed: {why}") from None
         finally:
@@ -270,7 +389,7 @@ class Picamera2FrameSource(FrameSource):
             if orphan is not None:
                 _shutdown(orphan)
         try:
-            image = self._to_rgb(np.asarray(raw))
+            image = self._to_rgb(np.asarray(box["raw"]))
         except SourceError:
             raise
         except Exception as err:  # a frame of another dtype/shape: skipped, not a fault
@@ -278,16 +397,38 @@ class Picamera2FrameSource(FrameSource):
         return Frame(image=image)
 
     def _to_rgb(self, raw: np.ndarray) -> np.ndarray:
-        w = self.stream_size[0]
-        if self.format == "YUV420":
-            rgb = yuv420_to_rgb(raw, w)
+        w, h = self.stream_size
+        if self.format in YUV_FORMATS:
+            if raw.ndim != 2 or raw.shape[0] != h * 3 // 2:
+                raise SourceError(
+                    f"picamera2: {self.format} array shape {raw.shape} does not match the "
+                    f"configured {w}x{h}"
+                )
+            rgb = yuv420_to_rgb(raw, w, fmt=self.format)
         else:
-            if raw.ndim != 3 or raw.shape[2] < 3:
-                raise SourceError(f"picamera2: unexpected {self.format} array shape {raw.shape}")
-            rgb = raw[:, :w, 2::-1]  # RGB888 is [B, G, R] in memory; also drops any X byte
+            if raw.ndim != 3 or raw.shape[2] < 3 or raw.shape[0] != h or raw.shape[1] < w:
+                raise SourceError(
+                    f"picamera2: {self.format} array shape {raw.shape} does not match the "
+                    f"configured {w}x{h}"
+                )
+            # RGB888 / XRGB8888 are [B, G, R(, X)] in memory, BGR888 / XBGR8888 [R, G, B(, X)]
+            bgr = self.format in ("RGB888", "XRGB8888")
+            rgb = raw[:, :w, 2::-1] if bgr else raw[:, :w, :3]
         if self._want is not None:
             rgb = fit(rgb, self._want)
         return np.ascontiguousarray(transform(rgb, self.cfg.roi, self.cfg.rotate))
+
+
+def _advertises(cam: Any, names: tuple[str, ...]) -> bool:
+    """Whether the camera advertises one of ``names`` (an old picamera2 without
+    ``camera_controls`` is trusted)."""
+    try:
+        controls = cam.camera_controls
+    except Exception:
+        return True
+    if not isinstance(controls, dict):
+        return True
+    return any(name in controls for name in names)
 
 
 def _shutdown(cam: Any) -> None:

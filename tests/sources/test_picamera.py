@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 from types import ModuleType
 
@@ -332,3 +333,254 @@ def test_fit_crops_or_resizes() -> None:
     assert fit(img, (7, 5)) is img
     assert (fit(img, (6, 4)) == img[:4, :6]).all()
     assert fit(img, (14, 10)).shape == (10, 14, 3)
+
+
+# -- a stand-in as strict as libcamera: what edged gets is not always what it asked for ------
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _granted(fake: ModuleType, stream: str = "lores") -> dict:  # type: ignore[type-arg]
+    return _cam(fake).camera_config[stream]  # type: ignore[attr-defined,no-any-return]
+
+
+def _quadrants(w: int, h: int) -> np.ndarray:
+    img = np.zeros((h, w, 3), np.uint8)
+    img[: h // 2, : w // 2] = (255, 0, 0)
+    img[: h // 2, w // 2 :] = (0, 255, 0)
+    img[h // 2 :, : w // 2] = (0, 0, 255)
+    img[h // 2 :, w // 2 :] = (255, 255, 255)
+    return img
+
+
+def _assert_quadrants(image: np.ndarray, tol: int = TOL) -> None:
+    h, w = image.shape[:2]
+    for (y, x), want in {
+        (h // 4, w // 4): (255, 0, 0),
+        (h // 4, 3 * w // 4): (0, 255, 0),
+        (3 * h // 4, w // 4): (0, 0, 255),
+        (3 * h // 4, 3 * w // 4): (255, 255, 255),
+    }.items():
+        assert np.abs(image[y, x].astype(int) - want).max() <= tol, (y, x, image[y, x])
+
+
+def test_stand_in_pi4_clamps_outputs_to_64(fake_picamera2: ModuleType) -> None:
+    _pi4(fake_picamera2)
+    cam = fake_picamera2.Picamera2(0)
+    cam.configure(cam.create_preview_configuration(lores={"size": (32, 32), "format": "YUV420"}))
+    lores = cam.camera_configuration()["lores"]
+    assert lores["size"] == (64, 64) and lores["stride"] == 64
+    assert cam.camera_configuration()["main"]["size"] == (640, 480)
+
+
+@pytest.mark.parametrize(
+    ("sensor", "asked", "granted"),
+    [
+        ((2304, 1296), (32, 32), (32, 32)),  # 1296/64 -> 21 -> 22: 32 is enough
+        ((2304, 1296), (16, 16), (22, 22)),
+        ((4608, 2592), (32, 32), (42, 42)),  # 2592/64 -> 40.5 -> 41 -> 42
+        ((4608, 2592), (32, 16), (72, 36)),  # 4608x2304 / 64: enlarged, still 2:1
+    ],
+)
+def test_stand_in_pi5_enlarges_small_outputs(
+    fake_picamera2: ModuleType,
+    sensor: tuple[int, int],
+    asked: tuple[int, int],
+    granted: tuple[int, int],
+) -> None:
+    _pi5(fake_picamera2)
+    fake_picamera2.WORLD.sensor_size = sensor
+    cam = fake_picamera2.Picamera2(0)
+    cam.configure(
+        cam.create_preview_configuration(
+            main={"size": (1280, 960)}, lores={"size": asked, "format": "RGB888"}
+        )
+    )
+    assert cam.camera_configuration()["lores"]["size"] == granted
+
+
+def test_stand_in_adds_a_raw_stream_and_checks_controls(fake_picamera2: ModuleType) -> None:
+    cam = fake_picamera2.Picamera2(0)
+    config = cam.create_preview_configuration(main={"size": (640, 480)})
+    assert config["raw"] == {"format": "SBGGR10_CSI2P", "size": (640, 480)}
+    assert set(config["controls"]) == {"NoiseReductionMode", "FrameDurationLimits"}
+    cam.configure(config)
+    assert cam.camera_configuration()["raw"]["size"] == fake_picamera2.WORLD.sensor_size
+    bad = cam.create_preview_configuration(controls={"Brightnesss": 0.5})
+    with pytest.raises(RuntimeError, match="Control Brightnesss is not advertised by libcamera"):
+        cam.configure(bad)
+    del fake_picamera2.WORLD.controls["FrameDurationLimits"]
+    with pytest.raises(RuntimeError, match="FrameDurationLimits is not advertised"):
+        cam.configure(cam.create_preview_configuration(controls={"FrameRate": 10.0}))
+
+
+def test_stand_in_rewrites_unsupported_formats_to_nv12(fake_picamera2: ModuleType) -> None:
+    _pi4(fake_picamera2)
+    cam = fake_picamera2.Picamera2(0)
+    with pytest.raises(RuntimeError, match="lores stream must be YUV"):
+        cam.configure(
+            cam.create_preview_configuration(lores={"size": (64, 64), "format": "RGB888"})
+        )
+    cam.configure(cam.create_preview_configuration(lores={"size": (64, 64), "format": "YUYV"}))
+    assert cam.camera_configuration()["lores"]["format"] == "NV12"
+
+
+@pytest.mark.parametrize("platform", ["vc4", "pisp"])
+def test_pi4_64x64_floor_is_resized_to_a_32x32_model(
+    fake_picamera2: ModuleType, platform: str
+) -> None:
+    (_pi4 if platform == "vc4" else _pi5)(fake_picamera2)
+    fake_picamera2.WORLD.sensor_size = (4608, 2592)  # the Pi 5 then grants 42x42
+    fake_picamera2.WORLD.scene = _quadrants
+    src = Picamera2FrameSource(Picamera2Source(), (32, 32))
+    with src:
+        frame = src.read()
+        granted = _granted(fake_picamera2)["size"]
+        assert src.stream_size == granted
+    assert granted == ((64, 64) if platform == "vc4" else (42, 42))
+    assert frame is not None and frame.image.shape == (32, 32, 3)
+    _assert_quadrants(frame.image)
+
+
+@pytest.mark.parametrize("fmt", ["NV12", "YVU420", "NV21", "BGR888", "XBGR8888", "XRGB8888"])
+def test_format_rewritten_by_libcamera_is_converted(fake_picamera2: ModuleType, fmt: str) -> None:
+    _pi5(fake_picamera2)
+    fake_picamera2.WORLD.scene = _quadrants
+    if fmt == "NV12":  # the ISP lacks RGB888: libcamera hands out NV12 instead
+        fake_picamera2.WORLD.unsupported = {"RGB888"}
+        cfg = Picamera2Source()
+    else:  # a libcamera that grants another format: patch what configure writes back
+        cfg = Picamera2Source()
+        real_validate = fake_picamera2.Picamera2._validate
+
+        def validate(self: object, config: dict) -> None:  # type: ignore[type-arg]
+            config["lores"]["format"] = fmt
+            real_validate(self, config)
+
+        fake_picamera2.Picamera2._validate = validate
+    try:
+        src = Picamera2FrameSource(cfg, (96, 64))
+        with src:
+            frame = src.read()
+            assert src.format == fmt
+    finally:
+        if fmt != "NV12":
+            fake_picamera2.Picamera2._validate = real_validate
+    assert frame is not None and frame.image.shape == (64, 96, 3)
+    _assert_quadrants(frame.image)
+
+
+def test_format_edged_cannot_convert_is_refused_with_the_reason(
+    fake_picamera2: ModuleType,
+) -> None:
+    _pi5(fake_picamera2)
+    real_validate = fake_picamera2.Picamera2._validate
+
+    def validate(self: object, config: dict) -> None:  # type: ignore[type-arg]
+        real_validate(self, config)
+        config["lores"]["format"] = "YUYV"
+
+    fake_picamera2.Picamera2._validate = validate
+    try:
+        with pytest.raises(SourceError, match="format YUYV, which edged cannot convert"):
+            Picamera2FrameSource(Picamera2Source(), MODEL_INPUT).open()
+    finally:
+        fake_picamera2.Picamera2._validate = real_validate
+    assert not _cam(fake_picamera2).is_open  # type: ignore[attr-defined]
+
+
+def test_fps_is_set_only_when_the_camera_advertises_it(
+    fake_picamera2: ModuleType, caplog: pytest.LogCaptureFixture
+) -> None:
+    del fake_picamera2.WORLD.controls["FrameDurationLimits"]  # e.g. a camera without it
+    image = _read_one(Picamera2Source(fps=15))
+    assert image.shape == (224, 224, 3)
+    cam = _cam(fake_picamera2)
+    assert "FrameRate" not in cam.controls_set  # type: ignore[attr-defined]
+    assert "does not advertise a frame rate control" in caplog.text
+
+
+def test_raw_stream_in_the_preview_configuration_is_harmless(fake_picamera2: ModuleType) -> None:
+    fake_picamera2.WORLD.scene = _quadrants
+    image = _read_one(Picamera2Source(), (96, 64))
+    cam = _cam(fake_picamera2)
+    assert cam.camera_config["raw"]["format"] == "SBGGR10_CSI2P"  # type: ignore[attr-defined]
+    assert cam.calls.count("capture_array:lores") == 1  # type: ignore[attr-defined]
+    _assert_quadrants(image)
+
+
+@pytest.mark.parametrize("version", [(0, 3, 19), (0, 3, 36)])
+def test_a_stalled_camera_never_hangs_a_read(
+    fake_picamera2: ModuleType, version: tuple[int, int, int]
+) -> None:
+    """picamera2 < 0.3.20 ignores capture_array(wait=<seconds>): edged's own deadline holds."""
+    fake_picamera2.WORLD.version = version
+    src = Picamera2FrameSource(Picamera2Source(read_timeout_s=0.3), MODEL_INPUT)
+    src.open()
+    fake_picamera2.WORLD.stall = True
+    t0 = time.monotonic()
+    with pytest.raises(SourceError, match=r"no frame within 0\.3 s") as info:
+        src.read()
+    elapsed = time.monotonic() - t0
+    old = version < (0, 3, 20)
+    assert ("abandoned" in str(info.value)) == old
+    assert elapsed < 0.3 + 1.0 + 3.0  # picamera2's wait + edged's grace + a loaded machine
+    if old:  # the abandoned capture still blocks: no second capture on that camera
+        with pytest.raises(SourceError, match="still blocked"):
+            src.read()
+    t0 = time.monotonic()
+    src.close()
+    assert time.monotonic() - t0 < 1.0  # close() does not wait behind the blocked capture
+    fake_picamera2.WORLD.stall = False
+    fake_picamera2.WORLD.unstall.set()
+    src.open()  # a fresh camera works again
+    try:
+        assert src.read() is not None
+    finally:
+        src.close()
+
+
+# -- the default install's path: picamera2 + the 32x32 demo model ------------------------------
+
+
+@pytest.mark.parametrize(
+    ("platform", "sensor"),
+    [("vc4", (2304, 1296)), ("pisp", (2304, 1296)), ("pisp", (4608, 2592))],
+)
+def test_default_install_path_classifies_digits(
+    fake_picamera2: ModuleType, platform: str, sensor: tuple[int, int]
+) -> None:
+    """The shipped config's picamera2 source feeding models/digits.edgb (32x32 input): the Pi 4
+    grants 64x64 YUV420, the Pi 5 RGB888 at 32x32 or enlarged; every path must still classify
+    the sample digits as named."""
+    from PIL import Image
+
+    from edged.config import load_config
+    from edged.model.classifier import Classifier
+
+    (_pi4 if platform == "vc4" else _pi5)(fake_picamera2)
+    fake_picamera2.WORLD.sensor_size = sensor
+    shipped = load_config(ROOT / "config" / "edged.example.toml", environ={})
+    assert isinstance(shipped.source, Picamera2Source)
+    clf = Classifier.load(ROOT / "models" / "digits.edgb")
+    assert (clf.info.width, clf.info.height) == (32, 32)
+    samples = sorted((ROOT / "samples").glob("digit-*-1.png"))
+    assert len(samples) == 10
+    right = 0
+    for path in samples:
+        with Image.open(path) as im:
+            digit = im.convert("RGB")
+
+        def scene(w: int, h: int, digit: Image.Image = digit) -> np.ndarray:
+            return np.asarray(digit.resize((w, h), Image.Resampling.BILINEAR))
+
+        fake_picamera2.WORLD.scene = scene
+        src = Picamera2FrameSource(shipped.source, (clf.info.width, clf.info.height))
+        with src:
+            frame = src.read()
+            granted = src.stream_size
+        assert frame is not None and frame.image.shape == (32, 32, 3)
+        right += clf.classify(frame.image, 1).label == path.name.split("-")[1]
+    want = {"vc4": (64, 64), "pisp": (32, 32) if sensor[0] < 4000 else (42, 42)}[platform]
+    assert granted == want
+    assert right >= 9, f"{right} of 10 sample digits classified as named"
