@@ -392,8 +392,8 @@ class Picamera2FrameSource(FrameSource):
             image = self._to_rgb(np.asarray(box["raw"]))
         except SourceError:
             raise
-        except Exception as err:  # a frame of another dtype/shape: skipped, not a fault
-            raise FrameRejected(f"picamera2: unusable frame: {one_line(err)}") from None
+        except Exception as bad:  # a frame of another dtype/shape: skipped, not a fault
+            raise FrameRejected(f"picamera2: unusable frame: {one_line(bad)}") from None
         return Frame(image=image)
 
     def _to_rgb(self, raw: np.ndarray) -> np.ndarray:
