@@ -52,6 +52,7 @@ from edged.model.bundle import load_private_key, read_bundle
 from edged.publish.topics import chunk_topic, offer_topic
 from edged.update.command import sign_command
 from edged.update.transfer import DEFAULT_CHUNK_SIZE, Offer, OfferError, make_offer
+from tools.brokerargs import add_broker_args
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -507,13 +508,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="send an unsigned offer (only devices without trusted_keys and with "
         "allow_unsigned take it)",
     )
-    ap.add_argument("--host", default="localhost")
-    ap.add_argument("--port", type=int, default=1883)
-    ap.add_argument("--username")
-    ap.add_argument("--password-file", type=Path)
-    ap.add_argument("--ca-file", type=Path, help="CA bundle: connect with TLS")
-    ap.add_argument("--prefix", default="edged", help="topic prefix (default: edged)")
-    ap.add_argument("--protocol", choices=["5", "3.1.1"], default="5")
+    add_broker_args(ap)
     ap.add_argument(
         "--timeout", type=float, default=60.0, help="seconds to wait for acceptance (default 60)"
     )

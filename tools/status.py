@@ -24,9 +24,9 @@ import json
 import sys
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
+from tools.brokerargs import add_broker_args
 from tools.push import Broker, PushError, _json
 
 TOPICS = ("availability", "model", "stats")
@@ -135,13 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--device", action="append", metavar="ID", help="only this device (repeatable)")
     ap.add_argument("--group", metavar="G", help="only devices in update group G")
     ap.add_argument("--json", action="store_true", help="one JSON array, for scripts")
-    ap.add_argument("--host", default="localhost")
-    ap.add_argument("--port", type=int, default=1883)
-    ap.add_argument("--username")
-    ap.add_argument("--password-file", type=Path)
-    ap.add_argument("--ca-file", type=Path, help="CA bundle: connect with TLS")
-    ap.add_argument("--prefix", default="edged", help="topic prefix (default: edged)")
-    ap.add_argument("--protocol", choices=["5", "3.1.1"], default="5")
+    add_broker_args(ap)
     ap.add_argument(
         "--settle",
         type=float,
