@@ -151,7 +151,8 @@ def test_picamera2_frame_of_another_dtype_is_rejected_not_a_fault(
     src = Picamera2FrameSource(Picamera2Source(), (16, 12))
     src.open()
     try:
-        src._cam.capture_array = lambda *a, **k: np.zeros((24, 32, 3), np.complex64)
+        w, h = src.stream_size  # what the (strict) camera granted, not what was asked
+        src._cam.capture_array = lambda *a, **k: np.zeros((h, w, 3), np.complex64)
         with pytest.raises(FrameRejected, match="picamera2: unusable frame"):
             src.read()
     finally:
