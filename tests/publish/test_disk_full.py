@@ -13,15 +13,14 @@ import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from edged.config import parse_config
 from edged.publish.seq import open_outbox
 from edged.publish.spool import SqliteOutbox
 from edged.publish.spool_file import SPOOL_NAME
 from edged.publish.spool_writer import GIVE_BACK_BYTES
+from tests.publish.configs import spool_config
 
 T = "edged/dev1/prediction"
 
@@ -63,24 +62,11 @@ def fill_up(path: Path, leave: int = 0) -> Path:
     return filler
 
 
-def _cfg(state_dir: Path, **publish: Any) -> Any:
-    return parse_config(
-        {
-            "device_id": "dev1",
-            "state_dir": str(state_dir),
-            "source": {"type": "files", "path": "x"},
-            "model": {"path": "m"},
-            "publish": publish,
-        },
-        {},
-    )
-
-
 def test_full_disk_memory_then_space_given_back_then_start_on_a_full_disk(
     small_fs: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     state = small_fs / "state"
-    box, seqs = open_outbox(_cfg(state))
+    box, seqs = open_outbox(spool_config(state))
     assert isinstance(box, SqliteOutbox)
     fill_up(small_fs, leave=600 * 1024)
     payload = b"p" * 1000
@@ -120,7 +106,7 @@ def test_full_disk_memory_then_space_given_back_then_start_on_a_full_disk(
     assert free_bytes(small_fs) < 8192
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="edged.spool"):
-        box, seqs = open_outbox(_cfg(state))
+        box, seqs = open_outbox(spool_config(state))
     try:
         assert seqs.next() == last + 1
         # The message kept in the spool is sent (read from it, when sqlite cannot open it).

@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
-import os
 import socket
 import threading
 import time
@@ -30,8 +29,9 @@ from edged.config import MqttConfig
 from edged.publish.connect import STABLE_S, Backoff
 from edged.publish.mqtt import Publisher
 from tests.broker import Mosquitto, Received, Subscriber, free_port
+from tests.fuzz import examples
 
-EXAMPLES = int(os.environ.get("EDGED_HYPOTHESIS_EXAMPLES", "50"))
+EXAMPLES = examples(50)
 MakeBroker = Callable[..., Mosquitto]
 MakeSub = Callable[..., Subscriber]
 TOPIC = "edged/dev1/prediction"

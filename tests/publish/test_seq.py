@@ -21,33 +21,21 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edged.config import parse_config
 from edged.publish.outbox import MemoryOutbox
 from edged.publish.seq import HWM_NAME, SLOT, SeqCounter, SeqFile, open_outbox, time_floor
 from edged.publish.spool import SqliteOutbox
 from edged.publish.spool_file import BROKEN_KEEP, SEQ_BLOCK, SPOOL_NAME
+from tests.fuzz import examples
+from tests.publish.configs import spool_config
 
-EXAMPLES = int(os.environ.get("EDGED_HYPOTHESIS_EXAMPLES", "30"))
+EXAMPLES = examples(30)
 T = "edged/dev1/prediction"
-
-
-def _cfg(state_dir: Path, **publish: Any) -> Any:
-    return parse_config(
-        {
-            "device_id": "dev1",
-            "state_dir": str(state_dir),
-            "source": {"type": "files", "path": "x"},
-            "model": {"path": "m"},
-            "publish": publish,
-        },
-        {},
-    )
 
 
 def life(state: Path, n: int, *, pending: int = 0, clean: bool = True) -> tuple[int, Any]:
     """One run of the daemon's counter: hand out ``n`` numbers (and leave ``pending``
     messages undelivered in the outbox); returns (last seq, outbox)."""
-    box, seqs = open_outbox(_cfg(state))
+    box, seqs = open_outbox(spool_config(state))
     last = 0
     for _ in range(n):
         last = seqs.next()
@@ -98,7 +86,7 @@ def test_any_bytes_in_the_hwm_file_never_send_seq_back(tmp_path: Path, junk: byt
     state = tmp_path / f"s{abs(hash(junk))}"
     last, _ = life(state, 7)
     (state / HWM_NAME).write_bytes(junk)
-    box, seqs = open_outbox(_cfg(state))
+    box, seqs = open_outbox(spool_config(state))
     try:
         assert seqs.next() > last  # the spool still knows (or the hwm does, if junk is valid)
     finally:
@@ -111,7 +99,7 @@ def test_spool_of_an_older_edged_without_hwm_file_continues(tmp_path: Path) -> N
     state = tmp_path / "state"
     last, _ = life(state, 42)
     (state / HWM_NAME).unlink()
-    box, seqs = open_outbox(_cfg(state))
+    box, seqs = open_outbox(spool_config(state))
     assert seqs.next() == last + 1
     box.close()
     seqs.close()
@@ -122,7 +110,7 @@ def test_kill_9_skips_at_most_a_block_and_reuses_nothing(tmp_path: Path) -> None
     last, box = life(state, 5 * SEQ_BLOCK + 17, clean=False)  # no close: like kill -9
     box._release()  # the process is gone: its locks with it
     box._close_connections()
-    box, seqs = open_outbox(_cfg(state))
+    box, seqs = open_outbox(spool_config(state))
     first = seqs.next()
     assert last < first <= last + SEQ_BLOCK + 1
     box.close()
@@ -131,10 +119,10 @@ def test_kill_9_skips_at_most_a_block_and_reuses_nothing(tmp_path: Path) -> None
 
 def test_no_spool_at_all_still_continues(tmp_path: Path) -> None:
     state = tmp_path / "state"
-    box, seqs = open_outbox(_cfg(state, spool=False))
+    box, seqs = open_outbox(spool_config(state, spool=False))
     assert isinstance(box, MemoryOutbox) and [seqs.next() for _ in range(3)] == [1, 2, 3]
     seqs.close()
-    box, seqs = open_outbox(_cfg(state, spool=False))
+    box, seqs = open_outbox(spool_config(state, spool=False))
     assert seqs.next() == 4
     seqs.close()
 
@@ -213,7 +201,7 @@ def test_seq_continues_over_a_broken_spool(
         (state / HWM_NAME).write_bytes(b"\x00garbage")
     before = time_floor()
     with caplog.at_level(logging.INFO, logger="edged.spool"):
-        box, seqs = open_outbox(_cfg(state))
+        box, seqs = open_outbox(spool_config(state))
     try:
         first = seqs.next()
         assert first > last, f"seq went back to {first} after {last}"
@@ -242,7 +230,7 @@ def test_seq_continues_over_a_broken_spool(
         box.close()
         seqs.close()
     # The fresh spool is a normal one: the next start continues exactly.
-    box, seqs = open_outbox(_cfg(state))
+    box, seqs = open_outbox(spool_config(state))
     assert seqs.next() == first + 1
     box.close()
     seqs.close()
@@ -257,7 +245,7 @@ def test_undelivered_messages_of_a_damaged_spool_are_carried_over(tmp_path: Path
     data = bytearray((state / SPOOL_NAME).read_bytes())
     data[6 * 4096 : 8 * 4096] = os.urandom(2 * 4096)  # two damaged pages in the middle
     (state / SPOOL_NAME).write_bytes(bytes(data))
-    box, seqs = open_outbox(_cfg(state))
+    box, seqs = open_outbox(spool_config(state))
     got = [m.payload[:5].decode() for m in box.peek(0, 1000)]
     box.close()
     seqs.close()
@@ -269,7 +257,7 @@ def test_only_the_newest_broken_copies_are_kept(tmp_path: Path) -> None:
     life(state, 3)
     for _ in range(BROKEN_KEEP + 2):
         (state / SPOOL_NAME).write_bytes(b"junk" * 1000)
-        box, seqs = open_outbox(_cfg(state))
+        box, seqs = open_outbox(spool_config(state))
         box.close()
         seqs.close()
     assert len(aside_files(state)) == BROKEN_KEEP
@@ -284,20 +272,20 @@ def test_both_lost_continues_from_a_time_floor(
     (state / SPOOL_NAME).write_bytes(b"junk" * 100)
     before = time_floor()
     with caplog.at_level(logging.WARNING, logger="edged.spool"):
-        box, seqs = open_outbox(_cfg(state))
+        box, seqs = open_outbox(spool_config(state))
     first = seqs.next()
     box.close()
     seqs.close()
     assert first > before > last
     assert any("time-derived floor" in w for w in warnings_of(caplog))
-    box, seqs = open_outbox(_cfg(state))
+    box, seqs = open_outbox(spool_config(state))
     assert seqs.next() == first + 1  # and from there on, +1 again
     box.close()
     seqs.close()
 
 
 def test_a_new_state_dir_starts_at_1(tmp_path: Path) -> None:
-    box, seqs = open_outbox(_cfg(tmp_path / "new"))
+    box, seqs = open_outbox(spool_config(tmp_path / "new"))
     assert seqs.next() == 1
     box.close()
     seqs.close()
@@ -356,7 +344,7 @@ def test_any_damage_to_the_spool_never_crashes_nor_sends_seq_back(
     state = Path(tempfile.mkdtemp(dir=tmp_path))
     (state / SPOOL_NAME).write_bytes(bytes(damaged))
     (state / HWM_NAME).write_bytes(b"lost")  # the worst case: the mark file is gone too
-    box, seqs = open_outbox(_cfg(state))
+    box, seqs = open_outbox(spool_config(state))
     try:
         assert seqs.next() > last
         got = box.peek(0, 1000)  # whatever was carried over is readable and in order

@@ -15,13 +15,14 @@ from typing import Any
 
 import pytest
 
-from edged.config import MqttConfig, parse_config
+from edged.config import MqttConfig
 from edged.publish.mqtt import Publisher
 from edged.publish.outbox import MemoryOutbox
 from edged.publish.seq import SeqCounter, open_outbox, time_floor
 from edged.publish.spool import SqliteOutbox
 from edged.publish.spool_file import LOCK_NAME, SEQ_BLOCK, SPOOL_NAME, SpoolError
 from tests.broker import Mosquitto, Subscriber
+from tests.publish.configs import spool_config
 
 ROOT = Path(__file__).resolve().parents[2]
 T = "edged/dev1/prediction"
@@ -327,35 +328,22 @@ def test_second_process_cannot_use_the_same_spool(spool_path: Path, open_spool: 
         SqliteOutbox(spool_path)
 
 
-def _cfg(state_dir: Path, **publish: Any) -> Any:
-    return parse_config(
-        {
-            "device_id": "dev1",
-            "state_dir": str(state_dir),
-            "source": {"type": "files", "path": "x"},
-            "model": {"path": "m"},
-            "publish": publish,
-        },
-        {},
-    )
-
-
 def test_open_outbox_creates_state_dir_and_continues_seq(tmp_path: Path) -> None:
     state = tmp_path / "deep" / "state"
-    box, seqs = open_outbox(_cfg(state))
+    box, seqs = open_outbox(spool_config(state))
     assert isinstance(box, SqliteOutbox) and box.path == state / SPOOL_NAME
     assert seqs.next() == 1 and (state / LOCK_NAME).exists()
     box.close()
     seqs.close()
-    box, seqs = open_outbox(_cfg(state))
+    box, seqs = open_outbox(spool_config(state))
     assert seqs.next() == 2
     box.close()
     seqs.close()
-    off, seqs = open_outbox(_cfg(tmp_path / "other", spool=False, queue_max=7))
+    off, seqs = open_outbox(spool_config(tmp_path / "other", spool=False, queue_max=7))
     assert isinstance(off, MemoryOutbox) and off.maxlen == 7 and seqs.next() == 1
     seqs.close()
     assert not (tmp_path / "other" / SPOOL_NAME).exists()
-    off, seqs = open_outbox(_cfg(tmp_path / "other", spool=False))
+    off, seqs = open_outbox(spool_config(tmp_path / "other", spool=False))
     assert seqs.next() == 2  # without a spool too, seq continues (the high-water mark file)
 
 
@@ -371,7 +359,7 @@ def test_open_outbox_falls_back_to_memory_with_one_warning(
         holder = SqliteOutbox(state / SPOOL_NAME, writer=False)
     try:
         with caplog.at_level(logging.WARNING, logger="edged.spool"):
-            box, seqs = open_outbox(_cfg(state))
+            box, seqs = open_outbox(spool_config(state))
         assert isinstance(box, MemoryOutbox)
         warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
         assert len([w for w in warnings if "memory only" in w]) == 1, warnings

@@ -4,14 +4,13 @@ surrogates, forged and replayed signatures. Nothing raises; a refusal is one sho
 ``update/result``, rate limited; an unauthenticated offer reserves nothing (no file, no chunk
 subscription).
 
-``EDGED_FUZZ_EXAMPLES`` sets the examples per property (default 100, the CI profile; run e.g.
-``EDGED_FUZZ_EXAMPLES=100000`` for a long campaign).
+100 examples per property in CI; a long campaign: ``HYPOTHESIS_PROFILE=deep
+HYPOTHESIS_EXAMPLES=100000`` (tests/fuzz.py).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import queue
 import time
 from collections.abc import Iterator
@@ -30,10 +29,11 @@ from edged.update.models import boot
 from edged.update.transfer import make_offer
 from edged.update.updater import REFUSAL_BURST, REFUSALS_PER_S, Updater
 from tests.daemon import DEMO_MODEL, SAMPLES
+from tests.fuzz import examples
 from tests.update.bundles import Keys, make_bundle, make_keys
 from tests.update.test_updater import FakePublisher
 
-EXAMPLES = int(os.environ.get("EDGED_FUZZ_EXAMPLES", "100"))
+EXAMPLES = examples(100)
 FUZZ = settings(
     max_examples=EXAMPLES,
     deadline=None,
