@@ -48,13 +48,13 @@ def _config_path(args: argparse.Namespace) -> Path:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from edged.lifecycle import Signals
+    from edged.app.lifecycle import Signals
 
     signals = Signals()  # first: no moment of startup leaves a signal its default action
     signals.install()
 
+    from edged.app.daemon import Daemon
     from edged.config import check_files, load_config
-    from edged.daemon import Daemon
 
     path = _config_path(args)
     cfg = load_config(path)
@@ -129,7 +129,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from edged.bench import BenchOptions, run, table
+    from edged.bench.run import BenchOptions, run, table
 
     host, _, port = (args.broker or "").partition(":")
     opts = BenchOptions(

@@ -6,8 +6,8 @@ import time
 import numpy as np
 import pytest
 
-from edged.capture import Capture, SourceHealth
 from edged.errors import SourceError
+from edged.frames.capture import Capture, SourceHealth
 from edged.sources.base import Frame, FrameSource
 
 

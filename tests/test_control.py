@@ -16,7 +16,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edged.config import ModelConfig, PublishConfig
-from edged.control import ControlError, Settings, validate, write_atomically
+from edged.features.control import ControlError, Settings, validate, write_atomically
 from tests.broker import Mosquitto, Subscriber
 from tests.daemon import ROOT, DaemonProcess, demo_config
 

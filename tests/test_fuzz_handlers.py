@@ -22,11 +22,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from edged import events
 from edged.config import load_config, parse_config
-from edged.control import MAX_PER_POLL, QUEUE_MAX, RUNTIME_KEYS, Control, Settings
 from edged.errors import ConfigError
-from edged.homeassistant import Discovery
+from edged.features.control import MAX_PER_POLL, QUEUE_MAX, RUNTIME_KEYS, Control, Settings
+from edged.features.homeassistant import Discovery
+from edged.infra import events
 from edged.publish.outbox import MemoryOutbox
 from edged.publish.session import MqttSession
 from edged.publish.topics import chunk_topic

@@ -13,9 +13,9 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from edged.homeassistant import AVAILABILITY_TEMPLATE, OBJECT_IDS, entity_configs
+from edged.features.homeassistant import AVAILABILITY_TEMPLATE, OBJECT_IDS, entity_configs
+from edged.features.stats import cpu_temperature
 from edged.publish.topics import Topics
-from edged.stats import cpu_temperature
 from tests.broker import Mosquitto, Received, Subscriber
 from tests.daemon import DaemonProcess, demo_config
 

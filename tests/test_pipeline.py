@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edged.app.daemon import Daemon
 from edged.config import Config, FilesSource, ModelConfig, MqttConfig, PublishConfig
-from edged.daemon import Daemon
+from edged.frames.pipeline import PostStage, Preparer
+from edged.infra.sdnotify import Notifier
 from edged.model.classifier import Classifier
-from edged.pipeline import PostStage, Preparer
-from edged.sdnotify import Notifier
 from edged.sources.base import Frame
 from tests.broker import Mosquitto
 from tests.daemon import DEMO_MODEL, SAMPLES

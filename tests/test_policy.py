@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from edged.config import PublishConfig
-from edged.policy import PublishPolicy
+from edged.frames.policy import PublishPolicy
 
 
 def _run(policy: PublishPolicy, seq: list[tuple[str, float]], dt: float = 0.1) -> list[str | None]:

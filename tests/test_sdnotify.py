@@ -4,7 +4,7 @@ import os
 import socket
 from pathlib import Path
 
-from edged.sdnotify import Notifier
+from edged.infra.sdnotify import Notifier
 
 
 def test_ready_and_watchdog_reach_the_notify_socket(tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ import pytest
 
 from edged.config import StatsConfig, parse_config
 from edged.errors import ConfigError
-from edged.stats import (
+from edged.features.stats import (
     FIRST_SNAPSHOT_S,
     SAMPLES_MAX,
     Counters,

@@ -17,15 +17,15 @@ from typing import Any
 
 import pytest
 
-from edged import control as control_mod
-from edged import events
 from edged.config import load_config, parse_config
-from edged.control import BURST, MAX_PAYLOAD, PERSIST_INTERVAL_S, Control, Settings
 from edged.errors import ConfigError
-from edged.guard import KindLog, TokenBucket, one_line
-from edged.homeassistant import BIRTH_MIN_INTERVAL_S, Discovery
+from edged.features import control as control_mod
+from edged.features.control import BURST, MAX_PAYLOAD, PERSIST_INTERVAL_S, Control, Settings
+from edged.features.homeassistant import BIRTH_MIN_INTERVAL_S, Discovery
+from edged.frames.policy import PublishPolicy
+from edged.infra import events
+from edged.infra.guard import KindLog, TokenBucket, one_line
 from edged.model.classifier import ModelInfo
-from edged.policy import PublishPolicy
 from edged.publish.outbox import MemoryOutbox
 from edged.publish.session import MqttSession
 from tests.fakes import FakePublisher, make_config
@@ -237,7 +237,7 @@ def test_damaged_overrides_file_is_ignored_with_a_warning(
     ctl, _, _ = make_control(tmp_path)
     ctl.path.parent.mkdir(parents=True)
     ctl.path.write_bytes(content)
-    with caplog.at_level(logging.WARNING, "edged.control"):
+    with caplog.at_level(logging.WARNING, "edged.features.control"):
         start = ctl.load()  # RecursionError out of the daemon's start on main (crash loop)
     assert start == ctl.base
     (record,) = [r for r in caplog.records if r.levelno == logging.WARNING]

@@ -16,7 +16,7 @@ from pydantic import ValidationError
 
 from edged.config.models import Config, FilesSource
 from edged.errors import ConfigError
-from edged.guard import one_line
+from edged.infra.guard import one_line
 
 ENV_PREFIX = "EDGED_"
 MAX_CONFIG_BYTES = 1024 * 1024  # a larger config file is refused

@@ -338,7 +338,7 @@ class UpdateConfig(_Section):
 
 
 class HomeAssistantConfig(_Section):
-    """Home Assistant MQTT discovery; see ``edged.homeassistant``."""
+    """Home Assistant MQTT discovery; see ``edged.features.homeassistant``."""
 
     enabled: bool = Field(
         True,
@@ -354,7 +354,7 @@ class HomeAssistantConfig(_Section):
 
 
 class ControlConfig(_Section):
-    """Settings and commands over MQTT; see ``edged.control``."""
+    """Settings and commands over MQTT; see ``edged.features.control``."""
 
     enabled: bool = Field(
         True,
@@ -364,7 +364,7 @@ class ControlConfig(_Section):
 
 
 class StatsConfig(_Section):
-    """Runtime statistics; see ``edged.stats``."""
+    """Runtime statistics; see ``edged.features.stats``."""
 
     interval_s: float = Field(
         60.0,

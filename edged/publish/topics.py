@@ -51,11 +51,11 @@ class Topics:
         return f"{self.base}/update/command"
 
     @property
-    def stats(self) -> str:  # retained JSON: runtime statistics (see edged.stats)
+    def stats(self) -> str:  # retained JSON: runtime statistics (see edged.features.stats)
         return f"{self.base}/stats"
 
     @property
-    def control(self) -> str:  # inbound JSON: settings and commands (see edged.control)
+    def control(self) -> str:  # inbound JSON: settings and commands (see edged.features.control)
         return f"{self.base}/set"
 
     @property

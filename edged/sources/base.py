@@ -29,7 +29,7 @@ class Frame:
     image: np.ndarray
     captured: float = field(default_factory=time.monotonic)  # time.monotonic() at capture
     name: str = ""  # e.g. the file name for the files source
-    # Set by the daemon's capture thread (edged.pipeline.Preparer): the model input tensor,
+    # Set by the daemon's capture thread (edged.frames.pipeline.Preparer): the model input tensor,
     # what it was prepared with, and how long that took.
     tensor: np.ndarray | None = None
     prepared: Any = None

@@ -6,7 +6,7 @@ import threading
 import time
 from typing import Any
 
-from edged.events import SCHEMA, iso_utc
+from edged.infra.events import SCHEMA, iso_utc
 from edged.update.store import State
 
 

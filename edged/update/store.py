@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edged.events import iso_utc
+from edged.infra.events import iso_utc
 
 log = logging.getLogger("edged.update")
 

@@ -25,9 +25,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edged import events
 from edged.config import Config
 from edged.errors import BundleError, EdgedError
+from edged.infra import events
 from edged.model.bundle import read_bundle
 from edged.model.classifier import Classifier
 from edged.publish.mqtt import Publisher

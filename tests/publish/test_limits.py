@@ -285,7 +285,7 @@ def test_reconnect_delays_grow_when_every_connection_is_cut_at_once(
 
 def test_stats_report_dropped_by_broker_and_takeovers() -> None:
     from edged.config import StatsConfig
-    from edged.stats import Counters, Stats
+    from edged.features.stats import Counters, Stats
 
     mqtt = {"published": 5, "failures": 3, "dropped_by_broker": 2, "takeovers": 4}
     counters = Counters(

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from edged.capture import Capture, SourceHealth
 from edged.config import FilesSource, OpenCVSource, Picamera2Source
 from edged.errors import FrameRejected
+from edged.frames.capture import Capture, SourceHealth
 from edged.model.preprocess import InputSpec, Normalization, Preprocessor
 from edged.sources.base import Frame, FrameSource
 from edged.sources.files import FilesFrameSource
@@ -61,7 +61,7 @@ class ListSource(FrameSource):
 def test_capture_skips_counts_and_logs_bad_frames_and_passes_good_ones(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="edged.capture")
+    caplog.set_level(logging.WARNING, logger="edged.frames.capture")
     health: list[SourceHealth] = []
     images = [BAD[0], CONVERTED[0], *BAD[1:], *CONVERTED[1:]]
     cap = Capture(

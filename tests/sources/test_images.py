@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps, PngImagePlugin
 
-from edged.capture import Capture
 from edged.config import FilesSource
 from edged.errors import FrameRejected
+from edged.frames.capture import Capture
 from edged.sources.base import safe_name
 from edged.sources.files import FilesFrameSource, find_images, load_rgb
 from edged.sources.images import decode_image, read_bytes, stretch_to_uint8, to_rgb_array

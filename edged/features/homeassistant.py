@@ -46,8 +46,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from edged import __version__, events
+from edged import __version__
 from edged.config import HomeAssistantConfig
+from edged.infra import events
 from edged.model.classifier import ModelInfo
 from edged.publish.mqtt import Publisher
 from edged.publish.topics import Topics

@@ -60,9 +60,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError
 
-from edged import events
 from edged.config import Config, ModelConfig, PublishConfig, format_validation_error
-from edged.guard import KindLog, TokenBucket, one_line
+from edged.infra import events
+from edged.infra.guard import KindLog, TokenBucket, one_line
 from edged.publish.mqtt import Publisher
 
 log = logging.getLogger("edged.control")

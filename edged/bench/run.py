@@ -3,7 +3,7 @@
 For each backend and thread count it measures
 
 - **bare**: ``set_tensor`` + ``invoke`` + ``get_tensor`` frames/s, warmed up;
-- **pipeline**: frames/s of the real :class:`~edged.daemon.Daemon` — in-memory source →
+- **pipeline**: frames/s of the real :class:`~edged.app.daemon.Daemon` — in-memory source →
   capture thread → preprocess → invoke → postprocess → policy → publish to a real broker,
   through the on-disk spool as by default —
   with frames (a) already at the model's input size and (b) 640×480 (resized per frame);
@@ -29,14 +29,14 @@ from typing import Any
 
 import numpy as np
 
-from edged.bench_peers import PrivateBroker, Subscriber
+from edged.app.daemon import Daemon, Inferred
+from edged.bench.peers import PrivateBroker, Subscriber
 from edged.config import Config, FilesSource, ModelConfig, MqttConfig, PublishConfig
-from edged.daemon import Daemon, Inferred
 from edged.errors import EdgedError
+from edged.infra.sdnotify import Notifier
 from edged.model.classifier import Classifier
 from edged.model.runtime import available_backends
 from edged.publish.spool import SqliteOutbox
-from edged.sdnotify import Notifier
 from edged.sources.base import Frame, FrameSource
 
 STOP_S = 10.0  # longest a daemon under test may take to stop

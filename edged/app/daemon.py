@@ -1,6 +1,6 @@
 """The daemon: capture thread → frame loop (inference) → post thread (policy, publish).
 
-The three stages overlap (edged.pipeline): the capture thread prepares the next frame's
+The three stages overlap (edged.frames.pipeline): the capture thread prepares the next frame's
 input tensor and the post thread publishes the previous result while ``invoke`` runs."""
 
 from __future__ import annotations
@@ -18,25 +18,25 @@ from typing import Any
 
 import numpy as np
 
-from edged import events
-from edged.capture import Capture, SourceHealth
+from edged.app.instance import InstanceLock
 from edged.config import Config, check_files, load_config
-from edged.control import Control, Settings
 from edged.errors import ConfigError
-from edged.guard import KindLog, one_line
-from edged.homeassistant import Discovery
-from edged.instance import InstanceLock
+from edged.features.control import Control, Settings
+from edged.features.homeassistant import Discovery
+from edged.features.stats import Counters, Stats, cpu_temperature
+from edged.frames.capture import Capture, SourceHealth
+from edged.frames.pipeline import PostStage, Preparer
+from edged.frames.policy import PublishPolicy
+from edged.infra import events
+from edged.infra.guard import KindLog, one_line
+from edged.infra.sdnotify import Notifier
 from edged.model.classifier import Classifier
 from edged.model.runtime import interpreter_threads
-from edged.pipeline import PostStage, Preparer
-from edged.policy import PublishPolicy
 from edged.publish.mqtt import Publisher
 from edged.publish.seq import open_outbox
 from edged.publish.spool import SqliteOutbox
-from edged.sdnotify import Notifier
 from edged.sources import open_source
 from edged.sources.base import Frame, FrameSource
-from edged.stats import Counters, Stats, cpu_temperature
 from edged.update.models import boot as boot_model
 from edged.update.monitor import ServiceMonitor
 from edged.update.updater import Updater
@@ -69,11 +69,11 @@ class Daemon:
     ) -> None:
         self.cfg = cfg
         self.config_path = config_path  # what a reload (SIGHUP) reads again
-        self.running = False  # set once run() starts the MQTT client (edged.lifecycle)
+        self.running = False  # set once run() starts the MQTT client (edged.app.lifecycle)
         self.reexec = False  # run() returned for a reload: the caller executes edged again
         self._reload = threading.Event()
         # One daemon per state dir (exit status 4 for a second one), before anything in it is
-        # opened; held until run() ends (edged.instance).
+        # opened; held until run() ends (edged.app.instance).
         self.instance = InstanceLock(cfg.state_dir)
         try:
             self._init(cfg, classifier, notifier)
@@ -104,8 +104,8 @@ class Daemon:
         self.monitor: ServiceMonitor | None = (
             self.updater.initial_monitor() if self.updater is not None else None
         )
-        # Stats, Home Assistant discovery, settings over MQTT (edged.stats, edged.homeassistant,
-        # edged.control). A classifier passed in (edged bench) gets no discovery and no control.
+        # Stats, Home Assistant discovery, settings over MQTT (edged.features.stats, edged.features.homeassistant,
+        # edged.features.control). A classifier passed in (edged bench) gets no discovery and no control.
         self.stats = Stats(cfg.stats, cfg.device_id, self._counters, self._publish_stats)
         self.ha = (
             Discovery(
@@ -129,7 +129,7 @@ class Daemon:
             cfg.publish, cfg.model, self.paused = start.publish, start.model, start.paused
         self.policy = PublishPolicy(cfg.publish)
         # Overlap the stages only where a core is left beside the interpreter's threads: with
-        # every core in the interpreter, work beside it slows all of them (edged.pipeline).
+        # every core in the interpreter, work beside it slows all of them (edged.frames.pipeline).
         self.overlap = interpreter_threads(cfg.model.threads) < _cores()
         self.preparer = Preparer(lambda: self.classifier)
         self.preparer.active = not self.paused
@@ -211,7 +211,7 @@ class Daemon:
         # happen now, not in the first frame's latency.
         w, h = self.classifier.input_size()
         self.classifier.classify(np.zeros((h, w, 3), np.uint8), 1)
-        self.running = True  # signals now stop or reload cleanly (edged.lifecycle)
+        self.running = True  # signals now stop or reload cleanly (edged.app.lifecycle)
         self.publisher.start()
         if self.updater is not None:
             self.updater.start()
@@ -381,7 +381,7 @@ class Daemon:
     def model_ref(self) -> dict[str, Any]:
         return _model_ref(self.classifier)
 
-    # -- stats, Home Assistant, control (edged.stats, edged.homeassistant, edged.control) ------
+    # -- stats, Home Assistant, control (edged.features.stats, edged.features.homeassistant, edged.features.control) ------
 
     def _start_extras(self) -> None:
         if self.ha is not None:

@@ -26,7 +26,7 @@ import sys
 from types import FrameType
 from typing import Protocol
 
-from edged.guard import KindLog
+from edged.infra.guard import KindLog
 
 log = logging.getLogger("edged")
 

@@ -1,6 +1,6 @@
 """The benchmark's peers: a private Mosquitto and a real subscriber in its own process.
 
-Neither is part of the daemon: ``edged bench`` (edged.bench) runs the daemon against them.
+Neither is part of the daemon: ``edged bench`` (edged.bench.run) runs the daemon against them.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ class Subscriber:
     def __init__(self, host: str, port: int, topic: str) -> None:
         self.received: dict[int, float] = {}
         self._proc = subprocess.Popen(
-            [sys.executable, "-c", "import sys, edged.bench_peers as b; b.subscriber_main(sys.argv[1:])",
+            [sys.executable, "-c", "import sys, edged.bench.peers as b; b.subscriber_main(sys.argv[1:])",
              host, str(port), topic],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip

@@ -29,8 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edged import events
 from edged.config import StatsConfig
+from edged.infra import events
 
 log = logging.getLogger("edged.stats")
 

@@ -1,0 +1,1 @@
+"""``edged bench``: the daemon's delivered rate against the bare interpreter (host/dev tool)."""

@@ -1,0 +1,1 @@
+"""The frame path: capture a frame, prepare it, run the interpreter, decide what to publish."""
