@@ -27,7 +27,7 @@ from edged.errors import ConfigError
 from edged.features.control import MAX_PER_POLL, QUEUE_MAX, RUNTIME_KEYS, Control, Settings
 from edged.features.homeassistant import Discovery
 from edged.infra import events
-from edged.publish.outbox import MemoryOutbox
+from edged.publish.mqtt import Publisher
 from edged.publish.session import MqttSession
 from edged.publish.topics import chunk_topic
 from tests.fakes import FakePublisher, make_config
@@ -254,7 +254,7 @@ def test_dispatch_never_raises_into_paho(
         if fail is not None:
             raise fail("boom")
 
-    session = MqttSession(MqttConfig(), "cam-1", MemoryOutbox(10), handler)
+    session = MqttSession(MqttConfig(), "cam-1", Publisher(MqttConfig(), "cam-1"), handler)
     session._handle_message(None, None, _Message(topic, payload))  # type: ignore[arg-type]
     ctl.poll()
 

@@ -26,7 +26,7 @@ from edged.frames.policy import PublishPolicy
 from edged.infra import events
 from edged.infra.guard import KindLog, TokenBucket, one_line
 from edged.model.classifier import ModelInfo
-from edged.publish.outbox import MemoryOutbox
+from edged.publish.mqtt import Publisher
 from edged.publish.session import MqttSession
 from tests.fakes import FakePublisher, make_config
 
@@ -307,7 +307,7 @@ def test_a_handler_that_raises_never_reaches_paho(topic: bytes) -> None:
         calls.append(topic)
         raise RecursionError("boom")
 
-    session = MqttSession(MqttConfig(), "cam-1", MemoryOutbox(10), handler)
+    session = MqttSession(MqttConfig(), "cam-1", Publisher(MqttConfig(), "cam-1"), handler)
     for _ in range(100):
         session._handle_message(None, None, _Message(topic, b"x"))  # type: ignore[arg-type]
     assert len(calls) == (100 if topic.startswith(b"edged") else 0)

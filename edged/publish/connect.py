@@ -1,13 +1,15 @@
-"""Connecting to the broker: paho client construction, error descriptions, ``edged check``."""
+"""Connecting to the broker: paho client construction, the reconnect backoff, error
+descriptions, ``edged check`` (``check_broker``).
+
+The paho ``Client`` subclass (the one place that touches paho's internals) is in
+``edged.publish.paho_client``."""
 
 from __future__ import annotations
 
 import contextlib
-import logging
 import random
 import socket
 import ssl
-import struct
 import threading
 import time
 from collections.abc import Callable
@@ -15,43 +17,25 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
-from paho.mqtt.exception import MalformedPacket
-from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from edged.config import MqttConfig
 from edged.errors import BrokerError
+from edged.publish.paho_client import LOOP_TIMEOUT_S, Client
 
-WARN_INTERVAL_S = 60.0  # identical warnings are repeated at most this often
-LOOP_TIMEOUT_S = 0.25  # paho network loop wake-up (keepalive checks); paho's default is 1 s
+__all__ = [
+    "LOOP_TIMEOUT_S",
+    "STABLE_S",
+    "Backoff",
+    "check_broker",
+    "connect_kwargs",
+    "describe_error",
+    "make_client",
+    "shutdown_socket",
+]
+
 STABLE_S = 10.0  # a connection that lasted less does not reset the reconnect backoff
-
-
-class RateLimitedLog:
-    """Repeated identical warnings are logged at most once per ``interval`` seconds."""
-
-    def __init__(self, logger: logging.Logger, interval: float = WARN_INTERVAL_S) -> None:
-        self._logger = logger
-        self._interval = interval
-        self._last: dict[str, float] = {}
-        self._lock = threading.Lock()
-
-    def warning(self, msg: str, key: str | None = None) -> None:
-        """Log ``msg`` unless the same ``key`` (default: the message) was logged within the
-        interval."""
-        now = time.monotonic()
-        key = msg if key is None else key
-        with self._lock:
-            last = self._last.get(key)
-            if last is not None and now - last < self._interval:
-                return
-            self._last[key] = now
-        self._logger.warning("%s", msg)
-
-    def reset(self) -> None:
-        with self._lock:
-            self._last.clear()
 
 
 class Backoff:
@@ -103,99 +87,6 @@ class Backoff:
             if lasted >= self.stable_s:
                 self.attempt = 0
             return lasted
-
-
-class _AnyReasonCode(ReasonCode):
-    """A reason code paho's table does not allow for this packet type (mosquitto answers an
-    oversized QoS 1 PUBLISH with PUBACK 0x95 "Packet too large", which MQTT 5 only lists for
-    DISCONNECT); paho 2.x treats such a PUBACK as a malformed packet and drops the connection,
-    which made a reconnect storm of one refused message."""
-
-    def __getName__(self, packetType: int, identifier: int) -> str:
-        try:
-            return super().__getName__(packetType, identifier)
-        except (KeyError, ValueError):
-            names = self.names.get(identifier) or {}
-            return next(iter(names), f"reason code 0x{identifier:02x}")
-
-
-class Client(mqtt.Client):
-    """paho client that remembers why the last connection attempt failed, waits between
-    reconnects as ``backoff`` says, and takes refusals in PUBACK/PUBREC as results."""
-
-    last_connect_error: OSError | None = None
-    backoff: Backoff | None = None
-
-    def _reconnect_wait(self) -> None:
-        backoff = self.backoff
-        if backoff is None:
-            super()._reconnect_wait()
-            return
-        target = time.monotonic() + backoff.next_delay()
-        stopping = (
-            mqtt._ConnectionState.MQTT_CS_DISCONNECTING,
-            mqtt._ConnectionState.MQTT_CS_DISCONNECTED,
-        )
-        while self._state not in stopping and not self._thread_terminate:
-            left = target - time.monotonic()
-            if left <= 0:
-                break
-            time.sleep(min(left, LOOP_TIMEOUT_S))
-
-    def _ack_result(self, ptype: int) -> tuple[int, ReasonCode, Properties] | None:
-        """A PUBACK/PUBREC/PUBCOMP whose MQTT 5 reason code is a refusal: (mid, reason,
-        properties), decoded whatever the code; None otherwise."""
-        packet = bytes(self._in_packet["packet"])
-        if self._protocol != mqtt.MQTTv5 or len(packet) < 3 or packet[2] < 0x80:
-            return None
-        (mid,) = struct.unpack("!H", packet[:2])
-        props = Properties(ptype)
-        if len(packet) > 3:
-            with contextlib.suppress(Exception):
-                props.unpack(packet[3:])
-        return mid, _AnyReasonCode(ptype, identifier=packet[2]), props
-
-    def _report(self, result: tuple[int, ReasonCode, Properties]) -> MQTTErrorCode:
-        mid, reason, props = result
-        with self._out_message_mutex:
-            if mid in self._out_messages:
-                return self._do_on_publish(mid, reason, props)
-        return MQTTErrorCode.MQTT_ERR_SUCCESS
-
-    def _handle_pubackcomp(self, cmd: Any) -> MQTTErrorCode:
-        try:
-            return super()._handle_pubackcomp(cmd)
-        except MalformedPacket:
-            ptype = PacketTypes.PUBACK if cmd == "PUBACK" else PacketTypes.PUBCOMP
-            result = self._ack_result(ptype)
-            if result is None:
-                raise
-            return self._report(result)
-
-    def _handle_pubrec(self) -> MQTTErrorCode:
-        # A refusal in PUBREC ends the QoS 2 flow (MQTT 5, 4.3.3): no PUBREL; paho 2.x would
-        # send one (or drop the connection, for a code it does not know for PUBREC).
-        result = self._ack_result(PacketTypes.PUBREC)
-        if result is None:
-            return super()._handle_pubrec()
-        return self._report(result)
-
-    def _thread_main(self) -> None:
-        # loop_start()'s thread, with a shorter select() timeout than paho's 1 s: paho checks the
-        # keepalive only when its loop wakes, and nothing wakes it once a half-open connection
-        # has filled the in-flight window, so a dead broker was noticed up to 2 s after 2 x
-        # keepalive (one late PINGREQ, one late close); now within 2 x LOOP_TIMEOUT_S.
-        try:
-            self.loop_forever(timeout=LOOP_TIMEOUT_S, retry_first_connection=True)
-        finally:
-            self._thread = None
-
-    def reconnect(self) -> MQTTErrorCode:
-        try:
-            return super().reconnect()
-        except OSError as err:
-            self.last_connect_error = err
-            raise
 
 
 def describe_error(err: BaseException) -> str:

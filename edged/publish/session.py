@@ -1,30 +1,25 @@
-"""The publisher's MQTT session: the state ``Publisher`` shares with paho's callbacks.
+"""The MQTT session: the paho client, its connection and paho's callbacks.
 
-``MqttSession`` is the base class of ``Publisher`` (``edged.publish.mqtt``; the threads and
-locks are described there). It holds the connection state and the in-flight bookkeeping (which
-paho message id carries which outbox message), and handles paho's callbacks, which run on
-paho's network thread: on connect, paho's own resend queue is emptied (the outbox is the only
-source of truth: it resends whatever was unacknowledged), availability ``online`` is published
-and the subscriptions are made again; ``on_publish`` takes an acknowledged message out of the
-outbox; on a lost connection the in-flight messages are forgotten (the sender resends them, in
-order).
+``MqttSession`` is owned by the publisher facade (``edged.publish.mqtt.Publisher``) and has
+one lock of its own (the connection state: connected or not, subscriptions, takeovers, its
+counters). It makes the paho client (``edged.publish.connect.make_client``; the one place
+that touches paho's internals is ``edged.publish.paho_client``), connects in the background
+and reconnects with the jittered ``Backoff``, reads the MQTT 5 CONNACK's limits, publishes
+availability ``online`` on every connect and makes the subscriptions again, and hands what
+concerns the messages to its owner through ``SessionEvents`` - never while holding its lock.
+paho's callbacks run on paho's network thread.
 
-What the broker will not take is dropped, counted (``dropped_by_broker``, also in
-``failures``) and logged once per cause with its size: a refusal in PUBACK/PUBREC (a reason
-code >= 0x80, e.g. mosquitto's 0x95 for ``message_size_limit``, 0x87 for its ACL) - a result,
-not a protocol error; a message larger than the MQTT 5 CONNACK's Maximum Packet Size (never
-sent); and a message that makes the broker drop the connection (MQTT 3.1.1 brokers do that for
-an oversized packet): after a connection is lost with messages in flight, the ones that were in
-flight are sent one at a time (probing), and one that was alone in flight, within
-``SUSPECT_S`` of being sent, at ``MAX_HEAD_ATTEMPTS`` (2) lost connections is dropped.
+On connect, paho's own resend queue is emptied (the outbox is the only source of truth: the
+publisher resends whatever was unacknowledged). On a lost connection the owner gets the
+window's content back (``SessionEvents.lost``) and, unless the connection went to another
+client, is told to blame the message in flight (``SessionEvents.strike``).
 
 A connection the broker hands to another client with our client id (MQTT 5 reason 0x8E
 "Session taken over"; without a reason - MQTT 3.1.1, and mosquitto 2.0 under MQTT 5 too - a
 connection the broker closes within ``STABLE_S`` of accepting it with nothing in flight, not
-a keepalive timeout) counts as a takeover; repeated ones are reported once
-with the likely cause. The reconnect backoff (``edged.publish.connect.Backoff``) grows across
-connections shorter than ``STABLE_S``, so neither a takeover fight nor a refused message makes
-a reconnect storm.
+a keepalive timeout) counts as a takeover; repeated ones are reported once with the likely
+cause. The reconnect backoff grows across connections shorter than ``STABLE_S``, so neither a
+takeover fight nor a refused message makes a reconnect storm.
 """
 
 from __future__ import annotations
@@ -33,133 +28,203 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from contextlib import AbstractContextManager
+from typing import Any, Protocol
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from edged.config import MqttConfig
-from edged.publish.connect import STABLE_S, Backoff, RateLimitedLog, describe_error
-from edged.publish.outbox import Outbox
+from edged.infra.util import RateLimitedLog
+from edged.publish.connect import (
+    STABLE_S,
+    Backoff,
+    connect_kwargs,
+    describe_error,
+    make_client,
+    shutdown_socket,
+)
+from edged.publish.paho_client import Client
 from edged.publish.topics import Topics
+from edged.publish.window import MAX_INFLIGHT, Limits, Lost
 
-__all__ = ["MAX_HEAD_ATTEMPTS", "MAX_INFLIGHT", "MqttSession"]
+__all__ = ["MqttSession", "SessionEvents"]
 
 log = logging.getLogger("edged.mqtt")
 
-MAX_INFLIGHT = 100  # unacknowledged messages handed to paho at once
-MAX_HEAD_ATTEMPTS = 2  # connections lost with a message alone in flight -> drop it
-SUSPECT_S = 3.0  # ... lost within this long of sending it
 TAKEOVERS_REPORTED = 2  # takeovers in a row (connections shorter than STABLE_S) -> one warning
 TAKEOVER = 0x8E  # MQTT 5 DISCONNECT reason: Session taken over
 _KEEPALIVE = 0x8D  # paho's reason for a connection it closed itself: Keep alive timeout
+_WILL_REASON = "Disconnect with will message"
+
+
+class SessionEvents(Protocol):
+    """What the session tells its owner (the publisher), from paho's network thread."""
+
+    def handover(self) -> AbstractContextManager[object]:
+        """Held while a connection is set up, so that no hand-over of messages straddles it."""
+        ...
+
+    def reset(self, limits: Limits) -> None:
+        """A new connection with these limits; nothing is in flight on it (yet)."""
+        ...
+
+    def ignore_ack(self, mid: int) -> None:
+        """The session published ``mid`` itself: its ack concerns no outbox message."""
+        ...
+
+    def up(self) -> int:
+        """The connection is ready for messages; returns how many wait."""
+        ...
+
+    def lost(self) -> Lost:
+        """The connection is gone: what was in flight."""
+        ...
+
+    def strike(self, lost: Lost, now: float) -> None:
+        """The connection was lost with ``lost.pending`` in flight, not to a takeover."""
+        ...
+
+    def acked(self, mid: int, reason: ReasonCode) -> None:
+        """The broker acknowledged (or refused: ``reason.is_failure``) message ``mid``."""
+        ...
 
 
 class MqttSession:
-    """Connection state, in-flight bookkeeping and paho's callbacks of a ``Publisher`` (see the
-    module description); ``Publisher`` adds the public API and the sender."""
+    """See the module description.
+
+    ``on_message(topic, payload)`` runs on paho's network thread: it must return quickly, and
+    whatever it raises costs only its message (and one log line per interval at most)."""
 
     def __init__(
         self,
         cfg: MqttConfig,
         device_id: str,
-        outbox: Outbox,
-        on_message: Callable[[str, bytes], None] | None,
+        events: SessionEvents,
+        on_message: Callable[[str, bytes], None] | None = None,
     ) -> None:
         self._cfg = cfg
         self.device_id = device_id
         self.topics = Topics(cfg.topic_prefix, device_id)
+        self.where = f"{cfg.host}:{cfg.port}"
+        self.backoff = Backoff(cfg.reconnect_min_s, cfg.reconnect_max_s)
+        self.warn = RateLimitedLog(log)
+        self._events = events
         self._on_message = on_message
-        self._outbox = outbox
-        self._where = f"{cfg.host}:{cfg.port}"
-        self._warn = RateLimitedLog(log)
+        self._client: Client | None = None
 
-        lock = threading.RLock()
-        self._cond = threading.Condition(lock)
-        self._wake = threading.Condition(lock)  # the sender waits on this one
-        self._send_lock = threading.Lock()
+        self._lock = threading.Lock()  # everything below
         self._connected = False
         self._connected_event = threading.Event()
         self._ever_connected = False
-        self._gen = 0  # bumped on every connect and disconnect
-        self._cursor = 0  # highest seq handed to paho on this connection
-        self._inflight: dict[int, int] = {}  # mid -> seq, QoS >= 1, awaiting on_publish
-        self._early: dict[int, bool] = {}  # mid -> failed: acks that beat their registration
-        self._ignore: set[int] = set()  # mids whose acks are not tracked (QoS 0, internal)
-        self._probe_upto = 0  # probing (one in flight at a time) until a seq > this is acked
-        self._strikes: dict[int, int] = {}  # seq -> connections lost with it alone in flight
-        self._last_send = 0.0  # when the sender last handed a message to paho (monotonic)
-        self._handed = 0  # the last seq handed to paho on this connection (registered or not)
-        self._sizes: dict[int, int] = {}  # seq -> packet size, of the messages in flight
-        self._max_ok = 0  # the largest packet the broker acknowledged
-        self._killer = 0  # the smallest packet given up for dropping the connection (0: none)
+        self._stopping = False
+        self._subs: dict[str, int] = {}
+        self._counts = {"reconnects": 0, "connect_failures": 0, "takeovers": 0}
         self._takeovers_in_row = 0  # since the last connection that lasted STABLE_S
         self._takeover_reported = False
         self._suspect_takeover = False  # a quick close without a reason, to be confirmed
-        self.backoff = Backoff(cfg.reconnect_min_s, cfg.reconnect_max_s)
-        self._max_packet: int | None = None  # MQTT 5 CONNACK: Maximum Packet Size
-        self._receive_max = MAX_INFLIGHT  # lowered by the MQTT 5 CONNACK's Receive Maximum
-        self._subs: dict[str, int] = {}
-        self._counts = {
-            "published": 0,
-            "failures": 0,
-            "reconnects": 0,
-            "connect_failures": 0,
-            "dropped_by_broker": 0,
-            "takeovers": 0,
-        }
-        self._stopped = False
         self._last_error: str | None = None  # paho's last error log line (e.g. a TLS alert)
         self._refused = False  # this connection's CONNACK refused it (already logged)
 
-    # ------------------------------------------------------------------ in-flight bookkeeping
+    # ------------------------------------------------------------------ for the owner
 
-    def _inflight_limit(self) -> int:
-        """``_cond`` held. After a connection was lost with messages in flight, those are sent
-        one at a time until the last of them is acknowledged: that isolates a message that
-        makes the broker drop the connection (e.g. over its packet size limit under MQTT
-        3.1.1) from the ones sent along with it."""
-        return 1 if self._probe_upto else self._receive_max
+    @property
+    def client(self) -> Client | None:
+        return self._client
 
-    def _drop_refused(self, seq: int, size: int | None, topic: str, why: str, key: str) -> None:
-        """A message the broker will not take: dropped and counted (``_cond`` held); logged
-        once per ``key`` and interval, with its size."""
-        self._outbox.ack(seq)
-        self._counts["failures"] += 1
-        self._counts["dropped_by_broker"] += 1
-        self._strikes.pop(seq, None)
-        if seq >= self._probe_upto:
-            self._probe_upto = 0
-        what = f"{size} bytes" if size is not None else "size unknown"
-        self._warn.warning(f"dropping a message to {topic} ({what}): {why}", key=key)
+    @property
+    def connected(self) -> bool:
+        with self._lock:
+            return self._connected
 
-    def _forget_mid(self, mid: int) -> None:
-        """Ignore the ack of ``mid`` (QoS 0 or internal message); ``_cond`` held."""
-        if self._early.pop(mid, None) is None:
-            self._ignore.add(mid)
+    def wait_connected(self, timeout: float) -> bool:
+        return self._connected_event.wait(timeout)
 
-    def _delivered(self, seq: int, failed: bool) -> None:
-        """``_cond`` held."""
-        self._outbox.ack(seq)
-        self._counts["failures" if failed else "published"] += 1
-        size = self._sizes.pop(seq, 0)
-        if failed:
-            self._counts["dropped_by_broker"] += 1
-        elif size > self._max_ok:
-            self._max_ok = size
-            if self._killer and size >= self._killer:
-                self._killer = 0  # not a size limit after all
-        self._strikes.pop(seq, None)
-        if seq >= self._probe_upto:
-            self._probe_upto = 0
-        # Some may wait for room in the window (the outbox may also have dropped in-flight
-        # ones to make room, so its length alone does not tell).
-        window_was_full = len(self._inflight) + 1 >= self._inflight_limit()
-        if window_was_full or len(self._outbox) > len(self._inflight):
-            self._wake.notify()
-        if self._stopped:  # stop() waits for the outbox to empty
-            self._cond.notify_all()
+    def counts(self) -> dict[str, int]:
+        """reconnects, connect_failures, takeovers."""
+        with self._lock:
+            return dict(self._counts)
+
+    def start(self) -> None:
+        """Set the will, start connecting in the background and return at once."""
+        if self._client is not None:
+            raise RuntimeError("MQTT session already started")
+        cfg = self._cfg
+        client = make_client(cfg, self.device_id)
+        client.will_set(self.topics.availability, "offline", qos=1, retain=True)
+        client.max_inflight_messages_set(MAX_INFLIGHT + 20)
+        client.max_queued_messages_set(0)
+        # paho annotates the delays as int; fractions of a second work and are used in tests.
+        client.reconnect_delay_set(cfg.reconnect_min_s, cfg.reconnect_max_s)  # type: ignore[arg-type]
+        client.backoff = self.backoff  # jittered; grows across short connections
+        client.on_connect = self._handle_connect
+        client.on_connect_fail = self._handle_connect_fail
+        client.on_disconnect = self._handle_disconnect
+        client.on_publish = self._handle_publish
+        client.on_subscribe = self._handle_subscribe
+        client.on_message = self._handle_message
+        client.on_log = self._handle_log
+        client.connect_async(cfg.host, cfg.port, cfg.keepalive_s, **connect_kwargs(cfg))
+        self._client = client
+        client.loop_start()
+        log.info("connecting to %s (MQTT %s) as %s", self.where, cfg.protocol, self.device_id)
+
+    def send(
+        self, topic: str, payload: bytes | str, qos: int, retain: bool
+    ) -> mqtt.MQTTMessageInfo:
+        """Hand a message to paho (never blocks on the network); raises ValueError for what
+        paho rejects."""
+        client = self._client
+        if client is None:
+            raise RuntimeError("MQTT session not started")
+        return client.publish(topic, payload, qos=qos, retain=retain)
+
+    def subscribe(self, topic: str, qos: int = 1) -> None:
+        """Subscribe now (if connected) and again after every reconnect."""
+        with self._lock:
+            self._subs[topic] = qos
+            client = self._client if self._connected else None
+        if client is not None:
+            client.subscribe(topic, qos)
+
+    def unsubscribe(self, topic: str) -> None:
+        with self._lock:
+            self._subs.pop(topic, None)
+            client = self._client if self._connected else None
+        if client is not None:
+            client.unsubscribe(topic)
+
+    def stopping(self) -> None:
+        """A stop has begun: a lost connection is no longer news."""
+        with self._lock:
+            self._stopping = True
+
+    def close(self, clean: bool, deadline: float) -> None:
+        """Disconnect and stop paho's thread by ``deadline``. ``clean``: a plain DISCONNECT
+        (no will); else the broker is made to publish the will (``offline``)."""
+        client = self._client
+        if client is None:
+            return
+        self.stopping()
+        if clean or not self.connected:
+            client.disconnect()
+        elif self._cfg.protocol == "5":
+            client.disconnect(reasoncode=ReasonCode(PacketTypes.DISCONNECT, _WILL_REASON))
+        else:  # MQTT 3.1.1 has no "disconnect with will": drop the connection instead.
+            shutdown_socket(client)
+            client.disconnect()
+        client.drop_out_messages()
+        stopper = threading.Thread(target=client.loop_stop, name="edged-mqtt-stop", daemon=True)
+        stopper.start()
+        stopper.join(max(0.5, deadline - time.monotonic()))
+        if stopper.is_alive():  # blocked writing to an unresponsive broker
+            shutdown_socket(client)
+            stopper.join(1.0)
+        with self._lock:
+            self._connected = False
+            self._connected_event.clear()
 
     # ------------------------------------------------------------------ paho callbacks
 
@@ -172,29 +237,24 @@ class MqttSession:
         properties: Properties | None,
     ) -> None:
         if reason_code.is_failure:
-            with self._cond:
+            with self._lock:
                 self._counts["connect_failures"] += 1
                 self._refused = True
                 self._suspect_takeover = False
-            self._warn.warning(f"broker {self._where} refused the connection: {reason_code}")
+            self.warn.warning(f"broker {self.where} refused the connection: {reason_code}")
             return
         self._last_error = None
-        max_packet = getattr(properties, "MaximumPacketSize", None)
-        receive_max = getattr(properties, "ReceiveMaximum", None)
-        with self._send_lock:
+        limits = Limits.from_connack(
+            getattr(properties, "MaximumPacketSize", None),
+            getattr(properties, "ReceiveMaximum", None),
+        )
+        with self._events.handover():
             # The outbox resends whatever was unacknowledged; paho must not resend it too.
             client.drop_out_messages()
-            with self._cond:
-                self._gen += 1
-                self._cursor = 0
-                self._handed = 0
-                self._inflight.clear()
-                self._sizes.clear()
-                self._early.clear()
-                self._ignore.clear()
+            self._events.reset(limits)
             info = client.publish(self.topics.availability, "online", qos=1, retain=True)
-            with self._cond:
-                self._forget_mid(info.mid)
+            self._events.ignore_ack(info.mid)
+            with self._lock:
                 subs = list(self._subs.items())
                 reconnect = self._ever_connected
                 self._ever_connected = True
@@ -202,17 +262,8 @@ class MqttSession:
                     self._counts["reconnects"] += 1
                 report = self._suspect_takeover and self._count_takeover()
                 self._suspect_takeover = False
-                self._max_packet = max_packet if isinstance(max_packet, int) else None
-                # One slot of the broker's Receive Maximum stays free for availability.
-                self._receive_max = (
-                    max(1, min(MAX_INFLIGHT, receive_max - 1))
-                    if isinstance(receive_max, int)
-                    else MAX_INFLIGHT
-                )
                 self._connected = True
-                waiting = len(self._outbox)
-                self._cond.notify_all()
-                self._wake.notify()
+            waiting = self._events.up()
             if subs:
                 client.subscribe(subs)
         self.backoff.connected()
@@ -222,18 +273,18 @@ class MqttSession:
         log.info(
             "%s to %s (MQTT %s)%s",
             "reconnected" if reconnect else "connected",
-            self._where,
+            self.where,
             self._cfg.protocol,
             f", {waiting} message(s) waiting" if waiting else "",
         )
 
     def _handle_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
         err = getattr(client, "last_connect_error", None)
-        with self._cond:
+        with self._lock:
             self._counts["connect_failures"] += 1
             self._suspect_takeover = False
         reason = describe_error(err) if err is not None else "connection failed"
-        self._warn.warning(f"cannot connect to {self._where}: {reason}")
+        self.warn.warning(f"cannot connect to {self.where}: {reason}")
 
     def _handle_disconnect(
         self,
@@ -246,77 +297,62 @@ class MqttSession:
         now = time.monotonic()
         lasted = self.backoff.lost(now)
         code = getattr(reason_code, "value", None)
-        gave_up: tuple[int, int, str] | None = None
-        takeover = report = False
-        with self._cond:
-            was_connected = self._connected
-            self._connected = False
+        with self._lock:
+            was_connected, self._connected = self._connected, False
             self._connected_event.clear()
-            self._gen += 1
-            unacked = len(self._inflight)
-            # In flight: the registered ones, and one handed to paho but lost before it was
-            # registered (the connection went in between).
-            pending = sorted(self._inflight.values())
-            if self._handed > self._cursor:
-                pending.append(self._handed)
-            stopping = self._stopped
-            if was_connected and not stopping:
+            stopping = self._stopping
+            refused, self._refused = self._refused, False
+        lost = self._events.lost()
+        takeover = report = blame = False
+        if was_connected and not stopping:
+            with self._lock:
                 if lasted is not None and lasted >= STABLE_S:
                     self._takeovers_in_row = 0
                     self._takeover_reported = False
-                    self._warn.reset()
+                    self.warn.reset()
                 if code == TAKEOVER:
                     takeover = True
                     report = self._count_takeover()
-                elif not pending and lasted is not None and lasted < STABLE_S:
+                elif not lost.pending and lasted is not None and lasted < STABLE_S:
                     # No reason given (MQTT 3.1.1; mosquitto 2.0 also just closes an MQTT 5
                     # connection it hands over): closed soon after being accepted, by the
                     # broker (not a keepalive timeout), with no message to blame - a takeover
                     # if the broker accepts us again at once (a broker that went away does
                     # not: confirmed in _handle_connect).
                     takeover = self._suspect_takeover = code != _KEEPALIVE
-                if not takeover and pending:
-                    gave_up = self._strike(pending, now)
+                if not takeover and lost.pending:
+                    blame = True
                     self._takeovers_in_row = 0
-            self._inflight.clear()
-            self._sizes.clear()
-            self._early.clear()
-            self._ignore.clear()
-            self._cursor = 0
-            self._handed = 0
-            refused, self._refused = self._refused, False
-            self._cond.notify_all()
-        if gave_up is not None:
-            seq, size, topic = gave_up
-            with self._cond:
-                self._refused_msg(seq, size, topic)
+        if blame:
+            self._events.strike(lost, now)
         if not was_connected:
             # Closed before a CONNACK: e.g. a TLS 1.3 broker refusing our client certificate
             # (the alert arrives after the handshake) or one that never answers.
-            self._suspect_takeover = False
+            with self._lock:
+                self._suspect_takeover = False
             why, self._last_error = self._last_error, None
             if not stopping and not refused:
-                self._warn.warning(
-                    f"cannot connect to {self._where}: the connection was closed before the "
+                self.warn.warning(
+                    f"cannot connect to {self.where}: the connection was closed before the "
                     f"broker accepted it ({why or reason_code})"
                 )
             return
         if stopping:
-            log.debug("disconnected from %s", self._where)
+            log.debug("disconnected from %s", self.where)
             return
         if report:
             self._report_takeovers(code == TAKEOVER)
         line = (
-            f"connection to {self._where} lost ({reason_code}); {unacked} unacknowledged "
+            f"connection to {self.where} lost ({reason_code}); {lost.unacked} unacknowledged "
             "message(s) will be resent"
         )
         if lasted is not None and lasted < STABLE_S:
-            self._warn.warning(line, key="lost-quickly")  # a storm is not a flood of lines
+            self.warn.warning(line, key="lost-quickly")  # a storm is not a flood of lines
         else:
             log.warning("%s", line)
 
     def _count_takeover(self) -> bool:
-        """``_cond`` held; True when the takeovers in a row are to be reported now."""
+        """``_lock`` held; True when the takeovers in a row are to be reported now."""
         self._counts["takeovers"] += 1
         self._takeovers_in_row += 1
         if self._takeovers_in_row >= TAKEOVERS_REPORTED and not self._takeover_reported:
@@ -336,39 +372,6 @@ class MqttSession:
             self.backoff.max_s,
         )
 
-    def _strike(self, seqs: list[int], now: float) -> tuple[int, int, str] | None:
-        """A connection was lost with messages ``seqs`` in flight (``_cond`` held): probe them
-        one at a time from now on; a message that was alone in flight, sent just before, gets
-        a strike, and at ``MAX_HEAD_ATTEMPTS`` strikes it is given up: (seq, size, topic)."""
-        self._probe_upto = max(self._probe_upto, seqs[-1])
-        if len(seqs) != 1 or now - self._last_send > SUSPECT_S:
-            return None
-        seq = seqs[0]
-        if self._sizes.get(seq, 0) <= self._max_ok:
-            return None  # the broker took larger ones: not its size
-        strikes = self._strikes.get(seq, 0) + 1
-        self._strikes[seq] = strikes
-        # Once the broker has shown a size limit, one such loss is enough for a message larger
-        # than any it took (those are sent alone: see Publisher._send_batch).
-        if strikes < (1 if self._killer else MAX_HEAD_ATTEMPTS):
-            return None
-        found = self._outbox.peek(seq - 1, 1)
-        if not found or found[0].seq != seq:
-            return None
-        return seq, self._sizes.get(seq, len(found[0].payload)), found[0].topic
-
-    def _refused_msg(self, seq: int, size: int, topic: str) -> None:
-        if size > self._max_ok and (not self._killer or size < self._killer):
-            self._killer = size  # a size limit, as far as can be told: larger ones go unsent
-        self._drop_refused(
-            seq,
-            size,
-            topic,
-            "the broker closed the connection right after receiving it, "
-            f"{self._strikes.get(seq, 1)} time(s) (larger than its packet size limit?)",
-            key="kills-connection",
-        )
-
     def _handle_log(self, client: mqtt.Client, userdata: Any, level: int, buf: str) -> None:
         if level == mqtt.MQTT_LOG_ERR:
             self._last_error = buf
@@ -381,24 +384,7 @@ class MqttSession:
         reason_code: ReasonCode,
         properties: Properties | None,
     ) -> None:
-        failed = bool(reason_code.is_failure)
-        with self._cond:
-            seq = self._inflight.pop(mid, None)
-            if seq is None:
-                if mid in self._ignore:
-                    self._ignore.discard(mid)
-                else:
-                    self._early[mid] = failed
-                return
-            found = self._outbox.peek(seq - 1, 1) if failed else []
-            self._delivered(seq, failed)
-        if failed:
-            msg = found[0] if found and found[0].seq == seq else None
-            what = f" to {msg.topic} ({len(msg.payload)} bytes)" if msg is not None else ""
-            self._warn.warning(
-                f"broker {self._where} refused a message{what}: {reason_code}; dropped",
-                key=f"refused-{getattr(reason_code, 'value', reason_code)}",
-            )
+        self._events.acked(mid, reason_code)
 
     def _handle_subscribe(
         self,
@@ -410,7 +396,7 @@ class MqttSession:
     ) -> None:
         for rc in reason_codes:
             if rc.is_failure:
-                self._warn.warning(f"broker {self._where} refused a subscription: {rc}")
+                self.warn.warning(f"broker {self.where} refused a subscription: {rc}")
 
     def _handle_message(
         self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage
@@ -424,5 +410,5 @@ class MqttSession:
             topic = message.topic  # paho decodes it as UTF-8: may raise
             self._on_message(topic, bytes(message.payload))
         except Exception as err:
-            self._warn.warning(f"a message handler failed: {type(err).__name__}")
+            self.warn.warning(f"a message handler failed: {type(err).__name__}")
             log.debug("handler for a message on %r failed: %r", topic, err)

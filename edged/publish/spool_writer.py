@@ -53,7 +53,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Self
 
-from edged.publish.connect import RateLimitedLog
+from edged.infra.util import RateLimitedLog
 from edged.publish.outbox import OutMessage, message_size
 from edged.publish.spool_file import (
     SpoolError,

@@ -18,7 +18,7 @@ import pytest
 
 from edged.config import MqttConfig, TlsConfig
 from edged.errors import BrokerError
-from edged.publish import session as session_mod
+from edged.publish import window as window_mod
 from edged.publish.mqtt import Publisher, check_broker
 from tests.broker import Mosquitto, Received, Subscriber, TlsListener, make_pki
 
@@ -197,7 +197,7 @@ def test_connected_publish_hands_over_in_the_callers_thread(
     pub = make_publisher(config(broker))
     sub = subscriber_factory(broker, "edged/dev1/t/#")
     assert pub.wait_connected(5)
-    client = pub._client
+    client = pub._session.client
     assert client is not None
     real, callers = client.publish, []
 
@@ -444,7 +444,7 @@ def test_message_that_kills_the_connection_is_dropped_mqtt311(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """3.1.1 has no maximum-packet-size negotiation: the broker just drops the connection."""
-    monkeypatch.setattr(session_mod, "MAX_HEAD_ATTEMPTS", 3)
+    monkeypatch.setattr(window_mod, "MAX_HEAD_ATTEMPTS", 3)
     broker = mosquitto_factory(max_packet_size=256 * 1024)
     sub = subscriber_factory(broker, "edged/dev1/prediction")
     pub = make_publisher(config(broker, protocol="3.1.1"))
