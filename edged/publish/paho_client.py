@@ -1,6 +1,6 @@
 """The one place that reaches into paho-mqtt's internals: ``Client``, a subclass of paho's.
 
-paho-mqtt 2.x has no public API for three things the publisher needs; everything else in
+paho-mqtt 2.x has no public API (or not in every supported version) for four things the publisher needs; everything else in
 ``edged.publish`` uses paho's public API only.
 
 1. **Refusals in PUBACK/PUBREC.** Mosquitto answers an oversized QoS 1 PUBLISH with PUBACK
@@ -10,7 +10,9 @@ paho-mqtt 2.x has no public API for three things the publisher needs; everything
    with that reason; a refusal in PUBREC ends the QoS 2 flow (MQTT 5, 4.3.3: no PUBREL).
 2. **The reconnect wait.** paho's own backoff has no jitter and resets on every CONNACK; here
    ``backoff`` (``edged.publish.connect.Backoff``) draws each delay.
-3. **The network loop's wake-up.** ``loop_start()``'s thread runs with a shorter select()
+3. **Emptying paho's resend queue** on connect (the outbox is the only source of truth):
+   ``drop_out_messages``, public in paho 2.2, is missing from 2.0 and 2.1.
+4. **The network loop's wake-up.** ``loop_start()``'s thread runs with a shorter select()
    timeout (``LOOP_TIMEOUT_S``) than paho's 1 s: paho checks the keepalive only when its loop
    wakes, and nothing wakes it once a half-open connection has filled the in-flight window,
    so a dead broker was noticed up to 2 s late.
@@ -29,9 +31,8 @@ from typing import Any, Protocol
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import MQTTErrorCode
-from paho.mqtt.exception import MalformedPacket
 from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
+from paho.mqtt.properties import MalformedPacket, Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 __all__ = ["LOOP_TIMEOUT_S", "PRIVATE_NAMES", "Client"]
@@ -53,6 +54,11 @@ PRIVATE_NAMES = (
     "_out_messages",
     "_out_message_mutex",
 )
+
+
+# What paho raises for a reason code its table does not list for the packet: KeyError from
+# ReasonCode.unpack in 2.0 and 2.1, MalformedPacket in 2.2.
+_UNKNOWN_CODE = (MalformedPacket, KeyError, ValueError)
 
 
 class Delays(Protocol):
@@ -85,6 +91,14 @@ class Client(mqtt.Client):
         except OSError as err:
             self.last_connect_error = err
             raise
+
+    def drop_out_messages(self) -> list[mqtt.MQTTMessage]:
+        """Drop (and return) the unacknowledged QoS >= 1 messages, so that paho does not resend
+        them on the next connect: paho 2.2's public method, which 2.0 and 2.1 lack."""
+        with self._out_message_mutex:
+            dropped = list(self._out_messages.values())
+            self._out_messages.clear()
+        return dropped
 
     # ---------------------------------------------------------------- 2. the reconnect wait
 
@@ -137,7 +151,7 @@ class Client(mqtt.Client):
     def _handle_pubackcomp(self, cmd: Any) -> MQTTErrorCode:
         try:
             return super()._handle_pubackcomp(cmd)
-        except MalformedPacket:
+        except _UNKNOWN_CODE:
             ptype = PacketTypes.PUBACK if cmd == "PUBACK" else PacketTypes.PUBCOMP
             result = self._ack_result(ptype)
             if result is None:

@@ -233,6 +233,26 @@ def test_reconnects_wait_as_the_backoff_says_and_the_loop_wakes_often(make_broke
         client.loop_stop()
 
 
+def test_drop_out_messages_empties_paho_s_resend_queue(make_broker: Any) -> None:
+    broker = make_broker(ack=(0x40, 0x00))
+    client = _client()
+    client.max_queued_messages_set(0)
+    client.connect_async("127.0.0.1", broker.port, clean_start=True)
+    client.publish("t/x", b"a", qos=1)  # not connected yet: held in paho's resend queue
+    client.publish("t/y", b"b", qos=2)
+    dropped = client.drop_out_messages()
+    assert [m.topic for m in dropped] == ["t/x", "t/y"]
+    assert client.drop_out_messages() == []
+    client.loop_start()
+    try:
+        assert _wait(client.is_connected)
+        time.sleep(4 * LOOP_TIMEOUT_S)
+        assert not any(b & 0xF0 == PUBLISH for b in broker.received)  # nothing resent
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
 def test_a_stop_during_a_long_reconnect_wait_ends_at_once() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
