@@ -59,3 +59,16 @@ class BrokerError(EdgedError):
     """The MQTT broker refused us or could not be reached."""
 
     exit_status = ExitStatus.UNAVAILABLE
+
+
+class SpoolError(Exception):
+    """The spool cannot be used (one line, for the log); the daemon then keeps its messages in
+    memory, so it is not an ``EdgedError`` (no exit status)."""
+
+
+class SpoolBusy(SpoolError):
+    """Another process holds the spool's lock."""
+
+
+class SpoolBroken(Exception):
+    """The spool file is not one this version can use (the message says why); it is set aside."""

@@ -37,16 +37,11 @@ import zlib
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from edged.errors import SpoolBusy, SpoolError
 from edged.publish.outbox import MemoryOutbox, Outbox
 from edged.publish.spool import SqliteOutbox
-from edged.publish.spool_file import (
-    SEQ_BLOCK,
-    SPOOL_NAME,
-    Found,
-    SpoolBusy,
-    SpoolError,
-    salvage,
-)
+from edged.publish.spool_file import SEQ_BLOCK, SPOOL_NAME
+from edged.publish.spool_salvage import Found, salvage
 
 if TYPE_CHECKING:
     from edged.config import Config

@@ -9,7 +9,7 @@ reader, which in WAL mode never waits for the writer.
 A second process cannot open the same spool (``spool.lock``, an flock). A file that cannot be
 used as it is (damaged, another schema, unreadable) is set aside as
 ``spool.sqlite3.broken-<UTC time>`` and a fresh spool started with what could be read from it
-(``open_file``).
+(``open_file``); what can be read from it is salvaged (``edged.publish.spool_salvage``).
 """
 
 from __future__ import annotations
@@ -24,9 +24,13 @@ import shutil
 import sqlite3
 import stat
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
+
+from edged.errors import SpoolBroken as _Broken
+from edged.errors import SpoolBusy, SpoolError
+from edged.publish.spool_salvage import Salvaged, close_quietly, salvage, text
 
 __all__ = [
     "BROKEN_KEEP",
@@ -43,7 +47,6 @@ __all__ = [
     "enforce_bounds",
     "open_file",
     "put_meta",
-    "salvage",
     "take_lock",
 ]
 
@@ -55,7 +58,6 @@ SCHEMA_VERSION = 1
 SEQ_BLOCK = 100  # sequence numbers reserved ahead (the most skipped after a kill -9)
 JOURNAL_SIZE_LIMIT = 4 * 1024 * 1024  # the WAL is truncated to this after a checkpoint
 BROKEN_KEEP = 3  # set-aside broken spools kept (the oldest beyond are removed)
-MAX_PAYLOAD = 256 * 1024 * 1024  # the largest MQTT payload; a salvaged row over it is invalid
 
 Sync = Literal["full", "normal"]
 
@@ -65,14 +67,6 @@ _SCHEMA = (
     " qos INTEGER NOT NULL, retain INTEGER NOT NULL, size INTEGER NOT NULL)",
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL)",
 )
-
-
-class SpoolError(Exception):
-    """The spool cannot be used (one line, for the log)."""
-
-
-class SpoolBusy(SpoolError):
-    """Another process holds the spool's lock."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,10 +168,6 @@ def open_file(
     )
 
 
-class _Broken(Exception):
-    """The file is not a spool this version can use (the message says why)."""
-
-
 _COLUMNS = {"seq", "topic", "payload", "qos", "retain", "size"}
 
 
@@ -208,7 +198,7 @@ def _connect(
     """Open both connections, check the file and commit a new sequence number reservation; the
     connections are closed again if anything fails."""
     db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=5.0)
-    db.text_factory = _text
+    db.text_factory = text
     reader: sqlite3.Connection | None = None
     try:
         mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
@@ -251,7 +241,7 @@ def _connect(
             raise
         reader = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=1.0)
         reader.execute("PRAGMA query_only=1")
-        reader.text_factory = _text  # a damaged row must not make every read fail
+        reader.text_factory = text  # a damaged row must not make every read fail
     except BaseException:
         close_quietly(reader, db)
         raise
@@ -270,27 +260,6 @@ def _connect(
 
 
 # ---------------------------------------------------------------------- a broken file
-
-
-@dataclass(frozen=True, slots=True)
-class Salvaged:
-    topic: str
-    payload: bytes
-    qos: int
-    retain: bool
-
-    @property
-    def size(self) -> int:
-        return len(self.topic.encode("utf-8")) + len(self.payload)
-
-
-@dataclass(slots=True)
-class Found:
-    """What ``salvage`` read from a set-aside file."""
-
-    rows: list[Salvaged] = field(default_factory=list)  # oldest first
-    seq: int = 0  # the highest sequence number it had recorded (0: none readable)
-    lost: str = ""  # why not everything could be read ("" if it could)
 
 
 def _broken_cause(path: Path, err: sqlite3.DatabaseError) -> str | None:
@@ -351,120 +320,6 @@ def _set_aside(path: Path) -> Path:
 
 
 _SIDE = ("-wal", "-shm")
-
-
-def salvage(aside: Path, max_messages: int, max_bytes: int) -> Found:
-    """Read what can be read from a set-aside spool: the newest undelivered messages within the
-    bounds, oldest first, and its recorded sequence numbers. Never raises."""
-    found = Found()
-    if not aside.is_file():
-        found.lost = "nothing readable"
-        return found
-    db = None
-    for uri in (f"file:{aside}", f"file:{aside}?immutable=1"):
-        try:
-            db = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=1.0)
-            db.text_factory = _text
-            db.execute("PRAGMA query_only=1")
-            db.execute("SELECT count(*) FROM sqlite_master").fetchone()
-            break
-        except Exception:  # never raises: whatever a damaged file makes sqlite3 do
-            close_quietly(db)
-            db = None
-    if db is None:
-        found.lost = "nothing readable"
-        return found
-    try:
-        with contextlib.suppress(Exception):
-            for key, value in db.execute("SELECT key, value FROM meta"):
-                if key in ("seq_last", "seq_reserved") and isinstance(value, int):
-                    found.seq = max(found.seq, value)
-        _salvage_rows(db, found, max_messages, max_bytes)
-    finally:
-        close_quietly(db)
-    return found
-
-
-def _salvage_rows(db: sqlite3.Connection, found: Found, max_messages: int, max_bytes: int) -> None:
-    try:
-        cols = {str(c[1]) for c in db.execute("PRAGMA table_info(messages)").fetchall()}
-    except Exception as err:
-        found.lost = f"messages unreadable: {err}"
-        return
-    if not {"topic", "payload"} <= cols:
-        found.lost = "no messages table" if not cols else "messages without topic/payload"
-        return
-    order = "seq" if "seq" in cols else "rowid"
-    qos = "qos" if "qos" in cols else "1"
-    retain = "retain" if "retain" in cols else "0"
-    select = f"SELECT {order}, topic, payload, {qos}, {retain} FROM messages ORDER BY {order}"
-    got: dict[Any, Salvaged] = {}
-    nbytes = 0
-    skipped = 0
-    full = False
-    # Newest first, until the bounds are reached; after a damaged page, the oldest first too.
-    for direction in ("DESC", "ASC"):
-        try:
-            for key, topic, payload, q, r in db.execute(f"{select} {direction}"):
-                if key in got:
-                    continue
-                row = _valid_row(topic, payload, q, r)
-                if row is None:
-                    skipped += 1
-                    continue
-                if len(got) >= max_messages or nbytes + row.size > max_bytes:
-                    full = True
-                    break
-                got[key] = row
-                nbytes += row.size
-            break  # read to the end, or the bounds are reached
-        except Exception as err:
-            found.lost = f"some rows unreadable: {err}"
-    found.rows = [got[k] for k in sorted(got, key=_sort_key)]
-    notes = [found.lost] if found.lost else []
-    if skipped:
-        notes.append(f"{skipped} invalid row(s) skipped")
-    if full:
-        notes.append("the oldest beyond the spool's bounds dropped")
-    found.lost = "; ".join(notes)
-
-
-def _text(raw: bytes) -> str:
-    return raw.decode("utf-8", "replace")
-
-
-def _sort_key(key: Any) -> tuple[int, str]:
-    return (key, "") if isinstance(key, int) else (0, str(key))
-
-
-def _valid_row(topic: Any, payload: Any, qos: Any, retain: Any) -> Salvaged | None:
-    if isinstance(topic, bytes):
-        try:
-            topic = topic.decode("utf-8")
-        except UnicodeDecodeError:
-            return None
-    if not isinstance(topic, str) or not topic or any(c in topic for c in "+#\x00"):
-        return None
-    if len(topic.encode("utf-8", "surrogatepass")) > 65535:
-        return None
-    try:
-        topic.encode("utf-8")
-    except UnicodeEncodeError:
-        return None
-    if isinstance(payload, str):
-        payload = payload.encode("utf-8", "surrogatepass")
-    if not isinstance(payload, bytes) or len(payload) > MAX_PAYLOAD:
-        return None
-    q = qos if isinstance(qos, int) and qos in (0, 1, 2) else 1
-    return Salvaged(topic, payload, q, bool(retain) if isinstance(retain, int) else False)
-
-
-def close_quietly(*conns: sqlite3.Connection | None) -> None:
-    """Close the connections given (None: skipped), ignoring sqlite errors."""
-    for conn in conns:
-        if conn is not None:
-            with contextlib.suppress(sqlite3.Error):
-                conn.close()
 
 
 # ---------------------------------------------------------------------- in a commit
