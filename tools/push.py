@@ -47,11 +47,11 @@ from typing import TYPE_CHECKING, Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
-from edged.errors import BundleError
+from edged.errors import BundleError, OfferError
 from edged.model.bundle import load_private_key, read_bundle
 from edged.publish.topics import chunk_topic, offer_topic
 from edged.update.command import sign_command
-from edged.update.transfer import DEFAULT_CHUNK_SIZE, Offer, OfferError, make_offer
+from edged.update.transfer import DEFAULT_CHUNK_SIZE, Offer, make_offer
 from tools.brokerargs import add_broker_args
 
 if TYPE_CHECKING:

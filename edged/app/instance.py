@@ -14,17 +14,11 @@ import fcntl
 import os
 from pathlib import Path
 
-from edged.errors import EdgedError, ExitStatus
+from edged.errors import InstanceError
 
 __all__ = ["LOCK_NAME", "InstanceError", "InstanceLock"]
 
 LOCK_NAME = "edged.lock"
-
-
-class InstanceError(EdgedError):
-    """Another edged already runs on this state dir."""
-
-    exit_status = ExitStatus.ALREADY_RUNNING
 
 
 class InstanceLock:

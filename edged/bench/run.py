@@ -32,7 +32,7 @@ import numpy as np
 from edged.app.daemon import Daemon, Inferred
 from edged.bench.peers import PrivateBroker, Subscriber
 from edged.config import Config, FilesSource, ModelConfig, MqttConfig, PublishConfig
-from edged.errors import EdgedError
+from edged.errors import BenchError
 from edged.infra.sdnotify import Notifier
 from edged.model.classifier import Classifier
 from edged.model.runtime import available_backends
@@ -40,10 +40,6 @@ from edged.publish.spool import SqliteOutbox
 from edged.sources.base import Frame, FrameSource
 
 STOP_S = 10.0  # longest a daemon under test may take to stop
-
-
-class BenchError(EdgedError):
-    """The benchmark itself failed (one line)."""
 
 
 class MemorySource(FrameSource):

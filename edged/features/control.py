@@ -61,6 +61,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError
 
 from edged.config import Config, ModelConfig, PublishConfig, format_validation_error
+from edged.errors import ControlError as ControlError  # re-exported: tests import it here
 from edged.infra import events
 from edged.infra.guard import KindLog, TokenBucket, one_line
 from edged.publish.mqtt import Publisher
@@ -70,7 +71,6 @@ log = logging.getLogger("edged.control")
 OVERRIDES_NAME = "overrides.json"
 MAX_PAYLOAD = 16 * 1024
 MAX_DEPTH = 8  # nesting of objects/arrays in a message (a valid one needs 2)
-MAX_PROBLEMS = 10  # error lines in one answer
 MAX_OVERRIDES_BYTES = 64 * 1024  # a larger overrides.json is ignored
 QUEUE_MAX = 64
 MAX_PER_POLL = 8  # messages handled between two frames
@@ -85,18 +85,6 @@ RUNTIME_KEYS: dict[str, tuple[str, ...]] = {
 }
 SECTION_MODELS: dict[str, type[BaseModel]] = {"publish": PublishConfig, "model": ModelConfig}
 Command = Literal["stats", "ha_remove", "ha_announce", "reset"]
-
-
-class ControlError(Exception):
-    """A refused control message; ``problems`` are ``key.path: reason`` lines (each one
-    printable line, at most ``MAX_PROBLEMS`` of them)."""
-
-    def __init__(self, problems: list[str]) -> None:
-        lines = [one_line(p, 300) for p in problems[:MAX_PROBLEMS]]
-        if len(problems) > MAX_PROBLEMS:
-            lines.append(f"(and {len(problems) - MAX_PROBLEMS} more problems)")
-        super().__init__("; ".join(lines))
-        self.problems = lines
 
 
 _JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)

@@ -22,6 +22,7 @@ import struct
 import zipfile
 from dataclasses import dataclass, field
 
+from edged.errors import FlatbufferError
 from edged.model.labels import parse_labels
 
 TFLITE_IDENTIFIER = b"TFL3"
@@ -47,10 +48,6 @@ _NORMALIZATION_OPTIONS = 1  # ProcessUnitOptions union member index
 _NORM_MEAN, _NORM_STD = 0, 1
 _FILE_NAME, _FILE_TYPE = 0, 2
 _TENSOR_AXIS_LABELS = 2
-
-
-class FlatbufferError(ValueError):
-    """A flatbuffer offset or length points outside the data."""
 
 
 class _Table:

@@ -23,9 +23,10 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from edged.errors import BundleError
+from edged.errors import BundleError, WireError
+from edged.errors import CommandError as CommandError  # re-exported: tests import it here
 from edged.model.bundle import key_id
-from edged.update.wire import WireError, canonical, clip, loads_object
+from edged.update.wire import canonical, clip, loads_object
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import (
@@ -36,10 +37,6 @@ if TYPE_CHECKING:
 COMMANDS = ("rollback",)
 MAX_COMMAND_BYTES = 4096
 _SHA_PREFIX = re.compile(r"^[0-9a-f]{6,64}$")
-
-
-class CommandError(ValueError):
-    """A command refused; the message is the reason reported."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,18 +24,15 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from edged.errors import Refused, TransferError
 from edged.publish.mqtt import Publisher
 from edged.publish.topics import chunk_topic, offer_topic
 from edged.update.store import Store
-from edged.update.transfer import Offer, Transfer, TransferError
+from edged.update.transfer import Offer, Transfer
 
 log = logging.getLogger("edged.update")
 
 SPACE_MARGIN = 1024 * 1024  # free bytes that must remain after a transfer's file is reserved
-
-
-class Refused(Exception):
-    """An update or command refused; the message is the reason reported."""
 
 
 def oserror(err: OSError) -> str:

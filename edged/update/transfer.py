@@ -34,7 +34,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edged.update.wire import WireError, canonical, clip, integer, loads_object
+from edged.errors import OfferError as OfferError  # re-exported: tests import it here
+from edged.errors import TransferError as TransferError
+from edged.errors import WireError
+from edged.update.wire import canonical, clip, integer, loads_object
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import (
@@ -48,14 +51,6 @@ MAX_CHUNK_SIZE = 16 * 1024 * 1024
 MAX_CHUNKS = 100_000
 TRANSFER_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
-
-
-class OfferError(ValueError):
-    """An offer that cannot be used; the message is the reason reported."""
-
-
-class TransferError(ValueError):
-    """A chunk or an assembled bundle that does not match its offer."""
 
 
 MAX_NAME = 128

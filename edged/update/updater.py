@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edged.config import Config
-from edged.errors import BundleError, EdgedError
+from edged.errors import BundleError, EdgedError, OfferError, Refused, WireError
 from edged.infra import events
 from edged.model.bundle import read_bundle
 from edged.model.classifier import Classifier
@@ -41,13 +41,13 @@ from edged.update.command import (
 )
 from edged.update.models import Boot, config_record, describe, load_record
 from edged.update.monitor import ServiceMonitor
-from edged.update.receiver import Receiver, Refused, oserror
+from edged.update.receiver import Receiver, oserror
 from edged.update.report import Throttle, model_payload, result_payload
 from edged.update.slot import ModelSlot, Swap
 from edged.update.store import ModelRecord, Store
-from edged.update.transfer import Offer, OfferError, max_offer_bytes, verify_offer
+from edged.update.transfer import Offer, max_offer_bytes, verify_offer
 from edged.update.validate import Validator
-from edged.update.wire import WireError, clip, loads_object
+from edged.update.wire import clip, loads_object
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey

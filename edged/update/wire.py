@@ -11,12 +11,10 @@ import json
 import re
 from typing import Any
 
+from edged.errors import WireError
+
 MAX_DEPTH = 8
 _OPEN = re.compile(rb"[\[{]")
-
-
-class WireError(ValueError):
-    """A payload refused; the message is the one-line reason reported."""
 
 
 def _constant(name: str) -> Any:
