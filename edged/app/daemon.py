@@ -30,7 +30,7 @@ from edged.frames.policy import PublishPolicy
 from edged.infra import events
 from edged.infra.guard import KindLog, one_line
 from edged.infra.sdnotify import Notifier
-from edged.model.classifier import Classifier
+from edged.model.classifier import Classifier, warm_up
 from edged.model.runtime import interpreter_threads
 from edged.publish.mqtt import Publisher
 from edged.publish.seq import open_outbox
@@ -207,10 +207,7 @@ class Daemon:
             info.dtype,
             info.backend,
         )
-        # One warm-up inference: first-use imports and the interpreter's first-run set-up
-        # happen now, not in the first frame's latency.
-        w, h = self.classifier.input_size()
-        self.classifier.classify(np.zeros((h, w, 3), np.uint8), 1)
+        warm_up(self.classifier)
         self.running = True  # signals now stop or reload cleanly (edged.app.lifecycle)
         self.publisher.start()
         if self.updater is not None:

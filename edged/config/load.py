@@ -17,6 +17,7 @@ from pydantic import ValidationError
 from edged.config.models import Config, FilesSource
 from edged.errors import ConfigError
 from edged.infra.guard import one_line
+from edged.infra.util import deep_merge
 
 ENV_PREFIX = "EDGED_"
 MAX_CONFIG_BYTES = 1024 * 1024  # a larger config file is refused
@@ -91,18 +92,8 @@ def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
     return tree
 
 
-def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for k, v in over.items():
-        if isinstance(v, Mapping) and isinstance(out.get(k), dict):
-            out[k] = _merge(out[k], v)
-        else:
-            out[k] = v
-    return out
-
-
 def parse_config(data: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> Config:
-    merged = _merge(dict(data), env_overrides(os.environ if environ is None else environ))
+    merged = deep_merge(dict(data), env_overrides(os.environ if environ is None else environ))
     if _depth(merged) > MAX_DEPTH:
         raise ConfigError([f"(top level): nested deeper than {MAX_DEPTH} levels"])
     try:

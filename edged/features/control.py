@@ -44,13 +44,10 @@ one ``rate limit`` result a second at most. Nothing a message holds can raise ou
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import os
 import queue
 import re
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -64,6 +61,7 @@ from edged.config import Config, ModelConfig, PublishConfig, format_validation_e
 from edged.errors import ControlError as ControlError  # re-exported: tests import it here
 from edged.infra import events
 from edged.infra.guard import KindLog, TokenBucket, one_line
+from edged.infra.util import atomic_write, deep_merge
 from edged.publish.mqtt import Publisher
 
 log = logging.getLogger("edged.control")
@@ -239,34 +237,10 @@ def validate(
     return Settings(sections.publish, sections.model, paused), applied, req.command, req.persist
 
 
-def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = {**out[k], **v} if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
 def write_atomically(path: Path, data: dict[str, Any]) -> None:
     """Write JSON to ``path`` so that a crash or power cut leaves the old or the new file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=2, sort_keys=True)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    with contextlib.suppress(OSError):  # the rename itself, durable
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+    atomic_write(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode("utf-8"))
 
 
 class Control:
@@ -420,7 +394,7 @@ class Control:
             raise ControlError([f"command: {command} is not available on this device"])
         persisted = False
         if persist and applied:
-            saved = _merge(self.saved, applied)
+            saved = deep_merge(self.saved, applied)
             previous, self.saved, self._dirty = self.saved, saved, True
             if time.monotonic() - self._written_at >= PERSIST_INTERVAL_S:
                 try:  # nothing written lately: now, so that an error is in the answer

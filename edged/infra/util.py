@@ -1,12 +1,25 @@
-"""Small utilities used across edged: rate-limited logging."""
+"""Small utilities used across edged: rate-limited logging, atomic file writes, deep merge."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import tempfile
 import threading
 import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
 
-__all__ = ["WARN_INTERVAL_S", "RateLimitedLog"]
+__all__ = [
+    "WARN_INTERVAL_S",
+    "RateLimitedLog",
+    "atomic_write",
+    "deep_merge",
+    "fsync_dir",
+    "write_all",
+]
 
 WARN_INTERVAL_S = 60.0  # identical warnings are repeated at most this often
 
@@ -35,3 +48,56 @@ class RateLimitedLog:
     def reset(self) -> None:
         with self._lock:
             self._last.clear()
+
+
+# ---------------------------------------------------------------------- files
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """``os.write`` until every byte is written."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def fsync_dir(path: Path) -> None:
+    """Make the entries of folder ``path`` (a rename, a new file) durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Temp file + fsync + rename + fsync(dir): ``path`` holds the old or the new bytes, never a
+    mix, after a crash or a power cut. The temporary file (mode 0600, a unique name next to
+    ``path``) is removed when any step fails (the error is raised)."""
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = Path(name)
+    try:
+        try:
+            write_all(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    fsync_dir(path.parent)
+
+
+# ---------------------------------------------------------------------- data
+
+
+def deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` updated by ``over``, nested mappings merged key by key (neither is changed)."""
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out

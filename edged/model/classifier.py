@@ -353,3 +353,10 @@ class Classifier:
             np.divide(values, values.sum(), out=values)
         idx = top_indices(values, k)
         return [(self.labels[i], float(values[i])) for i in idx]
+
+
+def warm_up(clf: Classifier) -> None:
+    """One inference on a blank frame: first-use imports and the interpreter's first-run
+    set-up happen now, not in the first real frame's latency."""
+    w, h = clf.input_size()
+    clf.classify(np.zeros((h, w, 3), np.uint8), 1)

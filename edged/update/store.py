@@ -30,6 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from edged.infra.events import iso_utc
+from edged.infra.util import atomic_write as atomic_write  # re-exported: tests import it here
+from edged.infra.util import fsync_dir
 
 log = logging.getLogger("edged.update")
 
@@ -159,39 +161,6 @@ def _unique(records: list[ModelRecord]) -> list[ModelRecord]:
         if not any(_same(r, o) for o in out):
             out.append(r)
     return out
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Temp file + fsync + rename + fsync(dir): ``path`` holds the old or the new bytes, never
-    a mix. The temporary file is removed when any step fails (the error is raised)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        try:
-            write_all(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    fsync_dir(path.parent)
 
 
 class Store:

@@ -23,13 +23,11 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from edged.config import Config
 from edged.errors import BundleError, EdgedError, OfferError, Refused, WireError
 from edged.infra import events
 from edged.model.bundle import read_bundle
-from edged.model.classifier import Classifier
+from edged.model.classifier import Classifier, warm_up
 from edged.publish.mqtt import Publisher
 from edged.publish.topics import offer_topic
 from edged.update.command import (
@@ -58,12 +56,6 @@ ACCEPTED, REJECTED, ROLLED_BACK, CONFIRMED = "accepted", "rejected", "rolled_bac
 REFUSALS_PER_S, REFUSAL_BURST = 1.0, 5  # results for unauthenticated or malformed input
 LOG_EVERY_S = 10.0  # log lines for them: one per this many seconds
 MAX_QUEUED_COMMANDS = 8
-
-
-def warm_up(clf: Classifier) -> None:
-    """First-run set-up of a new model here, not in the first frame's latency."""
-    w, h = clf.input_size()
-    clf.classify(np.zeros((h, w, 3), np.uint8), 1)
 
 
 def _issued_of(payload: bytes) -> float | None:

@@ -16,6 +16,7 @@ from typing import Any, cast
 import pytest
 
 from edged.config import Config, parse_config
+from edged.infra import util as util_mod
 from edged.model.classifier import Classifier
 from edged.publish.mqtt import Publisher
 from edged.publish.topics import Topics, chunk_topic
@@ -180,7 +181,7 @@ def _assert_v1_live(rig: Rig) -> None:
 def test_a_full_disk_at_the_commit_leaves_the_old_model(
     rig: Rig, keys: Keys, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(store_mod, "write_all", _enospc)
+    monkeypatch.setattr(util_mod, "write_all", _enospc)
     rig.deliver(make_bundle(2, keys), 2, "t2")
     result = rig.pub.wait_result()
     assert result["status"] == "rejected"
