@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 
 from edged.errors import InstanceError
+from edged.infra.util import close_fd
 
 __all__ = ["LOCK_NAME", "InstanceError", "InstanceLock"]
 
@@ -57,9 +58,7 @@ class InstanceLock:
 
     def release(self) -> None:
         fd, self._fd = self._fd, -1
-        if fd >= 0:
-            with contextlib.suppress(OSError):
-                os.close(fd)
+        close_fd(fd)
 
     def __del__(self) -> None:
         self.release()

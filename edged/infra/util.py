@@ -16,6 +16,7 @@ __all__ = [
     "WARN_INTERVAL_S",
     "RateLimitedLog",
     "atomic_write",
+    "close_fd",
     "deep_merge",
     "fsync_dir",
     "write_all",
@@ -51,6 +52,13 @@ class RateLimitedLog:
 
 
 # ---------------------------------------------------------------------- files
+
+
+def close_fd(fd: int) -> None:
+    """Close ``fd`` unless it is negative (not open), ignoring errors."""
+    if fd >= 0:
+        with contextlib.suppress(OSError):
+            os.close(fd)
 
 
 def write_all(fd: int, data: bytes) -> None:

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from edged.errors import SpoolBusy, SpoolError
+from edged.infra.util import close_fd
 from edged.publish.outbox import MemoryOutbox, Outbox
 from edged.publish.spool import SqliteOutbox
 from edged.publish.spool_file import SEQ_BLOCK, SPOOL_NAME
@@ -161,9 +162,7 @@ class SeqFile:
 
     def close(self) -> None:
         fd, self._fd = self._fd, -1
-        if fd >= 0:
-            with contextlib.suppress(OSError):
-                os.close(fd)
+        close_fd(fd)
 
 
 def _move_aside(path: Path) -> None:

@@ -53,7 +53,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Self
 
-from edged.infra.util import RateLimitedLog
+from edged.infra.util import RateLimitedLog, close_fd
 from edged.publish.outbox import OutMessage, message_size
 from edged.publish.spool_file import (
     SpoolError,
@@ -436,9 +436,7 @@ class SpoolWriter:
 
     def _release(self) -> None:
         fd, self._lock_fd = self._lock_fd, -1
-        if fd >= 0:
-            with contextlib.suppress(OSError):
-                os.close(fd)
+        close_fd(fd)
 
     def __enter__(self) -> Self:
         return self

@@ -154,6 +154,18 @@ class RateLimitedLog:
         self._log.warning(msg, *args)
 
 
+def check_pixels(w: int, h: int, max_pixels: int, what: str) -> None:
+    """:class:`FrameRejected` unless a ``what`` of ``w`` x ``h`` has pixels, at most
+    ``max_pixels`` of them (``source.max_image_pixels``)."""
+    if w < 1 or h < 1:
+        raise FrameRejected(f"{what} of {w}x{h} pixels")
+    if w * h > max_pixels:
+        raise FrameRejected(
+            f"{what} of {w}x{h} pixels is over the {max_pixels}-pixel limit "
+            "(source.max_image_pixels)"
+        )
+
+
 def uint8_image(image: Any, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """A frame array from a camera or decoder as uint8 (h, w), (h, w, 3) or (h, w, 4).
 
@@ -173,11 +185,7 @@ def uint8_image(image: Any, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     h, w = image.shape[:2]
     if h < 1 or w < 1:
         raise FrameRejected(f"frame of shape {image.shape} has no pixels")
-    if h * w > max_pixels:
-        raise FrameRejected(
-            f"frame of {w}x{h} pixels is over the {max_pixels}-pixel limit "
-            "(source.max_image_pixels)"
-        )
+    check_pixels(w, h, max_pixels, "frame")
     if image.dtype != np.uint8:
         from edged.sources.images import stretch_to_uint8
 

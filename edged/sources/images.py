@@ -42,7 +42,7 @@ import numpy as np
 from PIL import Image, ImageFile, PngImagePlugin
 
 from edged.errors import FrameRejected
-from edged.sources.base import DEFAULT_MAX_PIXELS, one_line
+from edged.sources.base import DEFAULT_MAX_PIXELS, check_pixels, one_line
 
 # The formats the files source reads (its extensions); Pillow tries only these, so a file
 # named .jpg cannot reach the decoders of PSD, EPS (Ghostscript), FITS, ... at all.
@@ -145,13 +145,7 @@ def decode_image(
     try:
         with Image.open(_GuardedReader(data, check), formats=FORMATS) as im:
             w, h = im.size
-            if w < 1 or h < 1:
-                raise FrameRejected(f"image of {w}x{h} pixels")
-            if w * h > max_pixels:
-                raise FrameRejected(
-                    f"image of {w}x{h} pixels is over the {max_pixels}-pixel limit "
-                    "(source.max_image_pixels)"
-                )
+            check_pixels(w, h, max_pixels, "image")
             orientation = _orientation(im)
             im.load()  # the first frame of an animation
             rgb = to_rgb_array(im)
