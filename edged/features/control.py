@@ -62,7 +62,7 @@ from edged.errors import ControlError as ControlError  # re-exported: tests impo
 from edged.infra import events
 from edged.infra.guard import KindLog, TokenBucket, one_line
 from edged.infra.util import atomic_write, deep_merge
-from edged.publish.mqtt import Publisher
+from edged.publish.api import PublisherAPI
 
 log = logging.getLogger("edged.control")
 
@@ -250,7 +250,7 @@ class Control:
     def __init__(
         self,
         cfg: Config,
-        publisher: Publisher,
+        publisher: PublisherAPI,
         *,
         apply: Callable[[Settings], None],
         commands: Mapping[str, Callable[[], object]],

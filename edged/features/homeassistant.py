@@ -50,7 +50,7 @@ from edged import __version__
 from edged.config import HomeAssistantConfig
 from edged.infra import events
 from edged.model.classifier import ModelInfo
-from edged.publish.mqtt import Publisher
+from edged.publish.api import PublisherAPI
 from edged.publish.topics import Topics
 
 log = logging.getLogger("edged.homeassistant")
@@ -188,7 +188,7 @@ class Discovery:
     def __init__(
         self,
         cfg: HomeAssistantConfig,
-        publisher: Publisher,
+        publisher: PublisherAPI,
         *,
         diagnostics: bool,
         cpu_temperature: bool,

@@ -64,32 +64,25 @@ class SessionEvents(Protocol):
     """What the session tells its owner (the publisher), from paho's network thread."""
 
     def handover(self) -> AbstractContextManager[object]:
-        """Held while a connection is set up, so that no hand-over of messages straddles it."""
-        ...
+        """Held while a connection is set up: no hand-over of messages straddles it."""
 
     def reset(self, limits: Limits) -> None:
         """A new connection with these limits; nothing is in flight on it (yet)."""
-        ...
 
     def ignore_ack(self, mid: int) -> None:
         """The session published ``mid`` itself: its ack concerns no outbox message."""
-        ...
 
     def up(self) -> int:
         """The connection is ready for messages; returns how many wait."""
-        ...
 
     def lost(self) -> Lost:
         """The connection is gone: what was in flight."""
-        ...
 
     def strike(self, lost: Lost, now: float) -> None:
         """The connection was lost with ``lost.pending`` in flight, not to a takeover."""
-        ...
 
     def acked(self, mid: int, reason: ReasonCode) -> None:
         """The broker acknowledged (or refused: ``reason.is_failure``) message ``mid``."""
-        ...
 
 
 class MqttSession:

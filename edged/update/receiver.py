@@ -25,7 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from edged.errors import Refused, TransferError
-from edged.publish.mqtt import Publisher
+from edged.publish.api import PublisherAPI
 from edged.publish.topics import chunk_topic, offer_topic
 from edged.update.store import Store
 from edged.update.transfer import Offer, Transfer
@@ -48,7 +48,7 @@ class Receiver:
     def __init__(
         self,
         store: Store,
-        publisher: Publisher,
+        publisher: PublisherAPI,
         *,
         scopes: list[str],
         timeout_s: float,

@@ -28,7 +28,7 @@ from edged.errors import BundleError, EdgedError, OfferError, Refused, WireError
 from edged.infra import events
 from edged.model.bundle import read_bundle
 from edged.model.classifier import Classifier, warm_up
-from edged.publish.mqtt import Publisher
+from edged.publish.api import PublisherAPI
 from edged.publish.topics import offer_topic
 from edged.update.command import (
     MAX_COMMAND_BYTES,
@@ -71,7 +71,7 @@ def _issued_of(payload: bytes) -> float | None:
 
 class Updater:
     def __init__(
-        self, cfg: Config, publisher: Publisher, classifier: Classifier, boot: Boot
+        self, cfg: Config, publisher: PublisherAPI, classifier: Classifier, boot: Boot
     ) -> None:
         """``classifier``: the model running now, which :func:`~edged.update.models.boot`
         chose (``boot.classifier``) or loaded from ``model.path`` (``boot.classifier`` None)."""
