@@ -12,6 +12,36 @@ connection, which in WAL mode never waits for the writer); the writer thread of 
 be lost) commits them. The file itself - lock, schema, corruption - is handled in
 ``edged.publish.spool_file``; the daemon's sequence numbers (``SeqCounter``) and its choice of
 outbox (``open_outbox``) are in ``edged.publish.seq``.
+
+What can be lost:
+
+* ``kill -9``, a crash: the messages appended in the last ``flush_interval`` (plus the time the
+  commit takes, typically a few ms) that the broker had not acknowledged yet. Everything committed is in the file:
+  a committed transaction is in the WAL, which the kernel holds even if the process dies.
+* A power cut, with ``sync="full"`` (the default): the same; each commit is fsync'ed.
+  With ``sync="normal"``, commits are not fsync'ed (only checkpoints are), so a power cut can
+  also lose what the kernel had not yet written back: typically the last 5-30 s of spooled
+  messages. The file stays consistent either way (WAL frames are checksummed).
+
+Durability vs SD-card wear: ``full`` costs one fsync per commit, and commits happen only while
+messages wait longer than ``flush_interval`` (broker away or slow), at most 1/flush_interval = 20
+per second whatever the message rate; each writes one or two 4 KiB WAL pages, i.e. roughly
+40-80 KiB/s while the broker is away, nothing while it is up. ``normal`` writes the same pages
+but lets the kernel coalesce them (one larger write every few seconds), which is gentler on
+cheap SD cards and costs the power-cut window above.
+
+Bounds: ``max_messages`` and ``max_bytes`` (topic + payload of the stored messages; the file is
+larger by sqlite's overhead, and its WAL by up to ``JOURNAL_SIZE_LIMIT`` more). The oldest
+messages are dropped first, when a commit would exceed a bound; the newest is always kept;
+``dropped`` counts drops across restarts. The part not yet written is bounded separately by
+``memory_max_messages`` / ``memory_max_bytes``, which only come into play when the disk cannot
+keep up (stalled or failing writes): then that in-memory part drops its oldest too.
+
+Space: when a commit fails (a full disk), new messages wait in memory, with one warning (and
+one line when commits work again). Once the backlog has drained, the space the file grew to is
+given back (``give_back``): the WAL is checkpointed and truncated and the file vacuumed - or,
+when even that cannot be written, the file, every row of which has been acknowledged, is
+replaced by a fresh one.
 """
 
 from __future__ import annotations

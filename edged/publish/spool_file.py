@@ -16,21 +16,27 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import errno
 import fcntl
 import logging
 import os
-import shutil
 import sqlite3
-import stat
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from edged.errors import SpoolBroken as _Broken
 from edged.errors import SpoolBusy, SpoolError
-from edged.publish.spool_salvage import Salvaged, close_quietly, salvage, text
+from edged.publish.outbox import OutMessage, message_size
+from edged.publish.spool_salvage import (
+    BROKEN_KEEP,
+    Salvaged,
+    broken_cause,
+    close_quietly,
+    oserror,
+    salvage,
+    set_aside,
+    text,
+)
 
 __all__ = [
     "BROKEN_KEEP",
@@ -44,6 +50,7 @@ __all__ = [
     "SpoolFile",
     "Sync",
     "close_quietly",
+    "commit",
     "enforce_bounds",
     "open_file",
     "put_meta",
@@ -57,7 +64,6 @@ LOCK_NAME = "spool.lock"
 SCHEMA_VERSION = 1
 SEQ_BLOCK = 100  # sequence numbers reserved ahead (the most skipped after a kill -9)
 JOURNAL_SIZE_LIMIT = 4 * 1024 * 1024  # the WAL is truncated to this after a checkpoint
-BROKEN_KEEP = 3  # set-aside broken spools kept (the oldest beyond are removed)
 
 Sync = Literal["full", "normal"]
 
@@ -93,7 +99,7 @@ def take_lock(path: Path) -> int:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         fd = os.open(path.parent / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     except OSError as err:
-        raise SpoolError(f"cannot open the spool in {path.parent}: {_oserror(err)}") from None
+        raise SpoolError(f"cannot open the spool in {path.parent}: {oserror(err)}") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
@@ -128,17 +134,17 @@ def open_file(
     except (UnicodeError, ValueError, OverflowError) as err:  # what a damaged file can hold
         cause = f"damaged ({type(err).__name__}: {err})"
     except sqlite3.DatabaseError as err:
-        why = _broken_cause(path, err)
+        why = broken_cause(path, err)
         if why is None:
             raise SpoolError(f"cannot open spool {path}: {err}") from None
         cause = why
     except OSError as err:  # pragma: no cover - sqlite3 reports these as DatabaseError
-        raise SpoolError(f"cannot open spool {path}: {_oserror(err)}") from None
+        raise SpoolError(f"cannot open spool {path}: {oserror(err)}") from None
     try:
-        aside = _set_aside(path)
+        aside = set_aside(path)
     except OSError as move_err:
         raise SpoolError(
-            f"spool {path} cannot be used ({cause}) and cannot be set aside: {_oserror(move_err)}"
+            f"spool {path} cannot be used ({cause}) and cannot be set aside: {oserror(move_err)}"
         ) from None
     found = salvage(aside, max_messages, max_bytes)
     try:
@@ -262,66 +268,6 @@ def _connect(
 # ---------------------------------------------------------------------- a broken file
 
 
-def _broken_cause(path: Path, err: sqlite3.DatabaseError) -> str | None:
-    """Why the spool file itself is unusable, or None when the problem is around it (full
-    disk, a folder that cannot be written): then the file is left alone."""
-    text = str(err).lower()
-    if "not a database" in text or "malformed" in text or "corrupt" in text:
-        return str(err)
-    for candidate in (path, Path(str(path) + "-wal")):
-        try:
-            st = os.stat(candidate)
-        except FileNotFoundError:
-            continue
-        except OSError as oserr:
-            return f"{candidate.name}: {_oserror(oserr)}"
-        if not stat.S_ISREG(st.st_mode):
-            return f"{candidate.name} is not a regular file"
-        try:
-            fd = os.open(candidate, os.O_RDWR | os.O_CLOEXEC)
-        except OSError as oserr:
-            if oserr.errno in (errno.EACCES, errno.EPERM, errno.EROFS) and _dir_writable(path):
-                return f"{candidate.name}: {_oserror(oserr)}"
-            return None
-        os.close(fd)
-    return None
-
-
-def _dir_writable(path: Path) -> bool:
-    return os.access(path.parent, os.W_OK | os.X_OK)
-
-
-def _set_aside(path: Path) -> Path:
-    """Rename the spool (and its -wal/-shm) to ``<name>.broken-<UTC time>``; keep the newest
-    ``BROKEN_KEEP`` set-aside copies. Returns the new path."""
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    aside = path.with_name(f"{path.name}.broken-{stamp}")
-    n = 1
-    while os.path.lexists(aside):
-        aside = path.with_name(f"{path.name}.broken-{stamp}-{n}")
-        n += 1
-    os.replace(path, aside)
-    for suffix in ("-wal", "-shm"):
-        with contextlib.suppress(FileNotFoundError):
-            os.replace(str(path) + suffix, str(aside) + suffix)
-    old = sorted(
-        (p for p in path.parent.glob(f"{path.name}.broken-*") if not p.name.endswith(_SIDE)),
-        key=lambda p: p.name,
-    )
-    for stale in old[:-BROKEN_KEEP]:
-        for victim in (str(stale), str(stale) + "-wal", str(stale) + "-shm"):
-            with contextlib.suppress(OSError):
-                if os.path.isdir(victim) and not os.path.islink(victim):
-                    shutil.rmtree(victim)
-                else:
-                    os.unlink(victim)
-        log.info("spool: removed the old set-aside copy %s", stale.name)
-    return aside
-
-
-_SIDE = ("-wal", "-shm")
-
-
 # ---------------------------------------------------------------------- in a commit
 
 
@@ -358,8 +304,49 @@ def enforce_bounds(
     return n, b, int(cut)
 
 
-# ---------------------------------------------------------------------- helpers
-
-
-def _oserror(err: OSError) -> str:
-    return err.strerror or str(err)
+def commit(
+    db: sqlite3.Connection,
+    batch: list[OutMessage],
+    deletes: list[int],
+    held: tuple[int, int],
+    bounds: tuple[int, int],
+    meta: dict[str, int],
+    dropped: tuple[int, bool],
+) -> tuple[int, int, int, int]:
+    """One transaction of the write-behind: delete the acknowledged rows ``deletes``, insert
+    ``batch``, drop the oldest rows beyond ``bounds`` (messages, bytes), write ``meta`` and the
+    drop total (``dropped``: the total before this commit, and whether it changed since the
+    last one; written if so or if the bounds drop rows). ``held``: (rows, bytes) in the file before. Returns (rows, bytes, rows
+    dropped for the bounds, highest seq dropped); raises sqlite3.Error (rolled back)."""
+    freed_count = freed_bytes = 0
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        for seq in deletes:
+            row = db.execute("SELECT size FROM messages WHERE seq = ?", (seq,)).fetchone()
+            if row is not None:
+                db.execute("DELETE FROM messages WHERE seq = ?", (seq,))
+                freed_count += 1
+                freed_bytes += int(row[0])
+        sizes = [message_size(m.topic, m.payload) for m in batch]
+        if batch:
+            db.executemany(
+                "INSERT OR REPLACE INTO messages (seq, topic, payload, qos, retain, size)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                [
+                    (m.seq, m.topic, m.payload, m.qos, int(m.retain), size)
+                    for m, size in zip(batch, sizes, strict=True)
+                ],
+            )
+        count = held[0] - freed_count + len(batch)
+        nbytes = held[1] - freed_bytes + sum(sizes)
+        bound_drops, dropped_bytes, cut = enforce_bounds(db, count - bounds[0], nbytes - bounds[1])
+        if dropped[1] or bound_drops:
+            meta = {**meta, "dropped": dropped[0] + bound_drops}
+        if meta:
+            put_meta(db, **meta)
+        db.execute("COMMIT")
+    except BaseException:
+        with contextlib.suppress(sqlite3.Error):
+            db.execute("ROLLBACK")
+        raise
+    return count - bound_drops, nbytes - dropped_bytes, bound_drops, cut

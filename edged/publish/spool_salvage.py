@@ -1,4 +1,5 @@
-"""Reading what can be read from a broken spool file (``salvage``), and small sqlite helpers.
+"""A spool file that cannot be used: why (``broken_cause``), setting it aside (``set_aside``),
+reading what can be read from it (``salvage``); and small sqlite helpers.
 
 ``edged.publish.spool_file.open_file`` sets a spool file that cannot be used aside and starts
 a fresh one with what ``salvage`` recovers from it: the newest undelivered messages within the
@@ -9,14 +10,34 @@ checked (``_valid_row``) and nothing here raises.
 from __future__ import annotations
 
 import contextlib
+import errno
+import logging
+import os
+import shutil
 import sqlite3
+import stat
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["MAX_PAYLOAD", "Found", "Salvaged", "close_quietly", "salvage", "text"]
+__all__ = [
+    "BROKEN_KEEP",
+    "MAX_PAYLOAD",
+    "Found",
+    "Salvaged",
+    "broken_cause",
+    "close_quietly",
+    "oserror",
+    "salvage",
+    "set_aside",
+    "text",
+]
 
 MAX_PAYLOAD = 256 * 1024 * 1024  # the largest MQTT payload; a salvaged row over it is invalid
+BROKEN_KEEP = 3  # set-aside broken spools kept (the oldest beyond are removed)
+
+log = logging.getLogger("edged.spool")
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,3 +174,70 @@ def close_quietly(*conns: sqlite3.Connection | None) -> None:
         if conn is not None:
             with contextlib.suppress(sqlite3.Error):
                 conn.close()
+
+
+# ---------------------------------------------------------------------- setting a file aside
+
+
+def broken_cause(path: Path, err: sqlite3.DatabaseError) -> str | None:
+    """Why the spool file itself is unusable, or None when the problem is around it (full
+    disk, a folder that cannot be written): then the file is left alone."""
+    text = str(err).lower()
+    if "not a database" in text or "malformed" in text or "corrupt" in text:
+        return str(err)
+    for candidate in (path, Path(str(path) + "-wal")):
+        try:
+            st = os.stat(candidate)
+        except FileNotFoundError:
+            continue
+        except OSError as oserr:
+            return f"{candidate.name}: {oserror(oserr)}"
+        if not stat.S_ISREG(st.st_mode):
+            return f"{candidate.name} is not a regular file"
+        try:
+            fd = os.open(candidate, os.O_RDWR | os.O_CLOEXEC)
+        except OSError as oserr:
+            if oserr.errno in (errno.EACCES, errno.EPERM, errno.EROFS) and _dir_writable(path):
+                return f"{candidate.name}: {oserror(oserr)}"
+            return None
+        os.close(fd)
+    return None
+
+
+def _dir_writable(path: Path) -> bool:
+    return os.access(path.parent, os.W_OK | os.X_OK)
+
+
+def set_aside(path: Path) -> Path:
+    """Rename the spool (and its -wal/-shm) to ``<name>.broken-<UTC time>``; keep the newest
+    ``BROKEN_KEEP`` set-aside copies. Returns the new path."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    aside = path.with_name(f"{path.name}.broken-{stamp}")
+    n = 1
+    while os.path.lexists(aside):
+        aside = path.with_name(f"{path.name}.broken-{stamp}-{n}")
+        n += 1
+    os.replace(path, aside)
+    for suffix in ("-wal", "-shm"):
+        with contextlib.suppress(FileNotFoundError):
+            os.replace(str(path) + suffix, str(aside) + suffix)
+    old = sorted(
+        (p for p in path.parent.glob(f"{path.name}.broken-*") if not p.name.endswith(_SIDE)),
+        key=lambda p: p.name,
+    )
+    for stale in old[:-BROKEN_KEEP]:
+        for victim in (str(stale), str(stale) + "-wal", str(stale) + "-shm"):
+            with contextlib.suppress(OSError):
+                if os.path.isdir(victim) and not os.path.islink(victim):
+                    shutil.rmtree(victim)
+                else:
+                    os.unlink(victim)
+        log.info("spool: removed the old set-aside copy %s", stale.name)
+    return aside
+
+
+_SIDE = ("-wal", "-shm")
+
+
+def oserror(err: OSError) -> str:
+    return err.strerror or str(err)

@@ -9,36 +9,8 @@ inserted, acknowledged rows are deleted, the bounds enforced. A message the brok
 within that interval - every message while the broker is reachable and answers promptly - is
 never written at all, so a healthy device does (almost) no disk writes for its messages, at any
 message rate.
-
-What can be lost:
-
-* ``kill -9``, a crash: the messages appended in the last ``flush_interval`` (plus the time the
-  commit takes, typically a few ms) that the broker had not acknowledged yet. Everything committed is in the file:
-  a committed transaction is in the WAL, which the kernel holds even if the process dies.
-* A power cut, with ``sync="full"`` (the default): the same; each commit is fsync'ed.
-  With ``sync="normal"``, commits are not fsync'ed (only checkpoints are), so a power cut can
-  also lose what the kernel had not yet written back: typically the last 5-30 s of spooled
-  messages. The file stays consistent either way (WAL frames are checksummed).
-
-Durability vs SD-card wear: ``full`` costs one fsync per commit, and commits happen only while
-messages wait longer than ``flush_interval`` (broker away or slow), at most 1/flush_interval = 20
-per second whatever the message rate; each writes one or two 4 KiB WAL pages, i.e. roughly
-40-80 KiB/s while the broker is away, nothing while it is up. ``normal`` writes the same pages
-but lets the kernel coalesce them (one larger write every few seconds), which is gentler on
-cheap SD cards and costs the power-cut window above.
-
-Bounds: ``max_messages`` and ``max_bytes`` (topic + payload of the stored messages; the file is
-larger by sqlite's overhead, and its WAL by up to ``JOURNAL_SIZE_LIMIT`` more). The oldest
-messages are dropped first, when a commit would exceed a bound; the newest is always kept;
-``dropped`` counts drops across restarts. The part not yet written is bounded separately by
-``memory_max_messages`` / ``memory_max_bytes``, which only come into play when the disk cannot
-keep up (stalled or failing writes): then that in-memory part drops its oldest too.
-
-Space: when a commit fails (a full disk), new messages wait in memory, with one warning (and
-one line when commits work again). Once the backlog has drained, the space the file grew to is
-given back (``give_back``): the WAL is checkpointed and truncated and the file vacuumed - or,
-when even that cannot be written, the file, every row of which has been acknowledged, is
-replaced by a fresh one.
+What can be lost, durability vs SD-card wear, the bounds and giving space back: see
+``edged.publish.spool``.
 """
 
 from __future__ import annotations
@@ -59,9 +31,8 @@ from edged.publish.spool_file import (
     SpoolError,
     Sync,
     close_quietly,
-    enforce_bounds,
+    commit,
     open_file,
-    put_meta,
     take_lock,
 )
 
@@ -236,56 +207,21 @@ class SpoolWriter:
             need_meta = new_drops > 0 or seq_wanted > seq_durable or final
             if not batch and not deletes and not need_meta:
                 return True
-        bound_drops = cut = 0
-        freed_count = freed_bytes = 0
+        meta: dict[str, int] = {}
+        if final:
+            meta.update(clean=1, seq_last=seq_last, seq_reserved=seq_last)
+        elif seq_wanted > seq_durable:
+            meta["seq_reserved"] = seq_wanted
         try:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                for seq in deletes:
-                    row = db.execute("SELECT size FROM messages WHERE seq = ?", (seq,)).fetchone()
-                    if row is not None:
-                        db.execute("DELETE FROM messages WHERE seq = ?", (seq,))
-                        freed_count += 1
-                        freed_bytes += int(row[0])
-                if batch:
-                    db.executemany(
-                        "INSERT OR REPLACE INTO messages (seq, topic, payload, qos, retain, size)"
-                        " VALUES (?, ?, ?, ?, ?, ?)",
-                        [
-                            (
-                                m.seq,
-                                m.topic,
-                                m.payload,
-                                m.qos,
-                                int(m.retain),
-                                message_size(m.topic, m.payload),
-                            )
-                            for m in batch
-                        ],
-                    )
-                count = disk_count - freed_count + len(batch)
-                nbytes = (
-                    disk_bytes - freed_bytes + sum(message_size(m.topic, m.payload) for m in batch)
-                )
-                bound_drops, dropped_bytes, cut = enforce_bounds(
-                    db, count - self.max_messages, nbytes - self.max_bytes
-                )
-                count -= bound_drops
-                nbytes -= dropped_bytes
-                meta: dict[str, int] = {}
-                if new_drops or bound_drops:
-                    meta["dropped"] = dropped_total + bound_drops
-                if final:
-                    meta.update(clean=1, seq_last=seq_last, seq_reserved=seq_last)
-                elif seq_wanted > seq_durable:
-                    meta["seq_reserved"] = seq_wanted
-                if meta:
-                    put_meta(db, **meta)
-                db.execute("COMMIT")
-            except BaseException:
-                with contextlib.suppress(sqlite3.Error):
-                    db.execute("ROLLBACK")
-                raise
+            count, nbytes, bound_drops, cut = commit(
+                db,
+                batch,
+                deletes,
+                (disk_count, disk_bytes),
+                (self.max_messages, self.max_bytes),
+                meta,
+                (dropped_total, new_drops > 0),
+            )
         except sqlite3.Error as err:
             with self._lock:
                 self._flushing_upto = 0
