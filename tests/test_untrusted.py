@@ -24,9 +24,9 @@ from edged.features.control import BURST, MAX_PAYLOAD, PERSIST_INTERVAL_S, Contr
 from edged.features.homeassistant import BIRTH_MIN_INTERVAL_S, Discovery
 from edged.frames.policy import PublishPolicy
 from edged.infra import events
-from edged.protocol import payloads as wire
 from edged.infra.guard import KindLog, TokenBucket, one_line
 from edged.model.classifier import ModelInfo
+from edged.protocol import payloads as wire
 from edged.publish.outbox import MemoryOutbox
 from edged.publish.session import MqttSession
 from tests.fakes import FakePublisher, make_config

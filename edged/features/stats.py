@@ -238,9 +238,7 @@ class Stats:
             rss_bytes=rss_bytes(),
             cpu_temp_c=cpu_temperature(self.thermal_path),
             model=wire.ModelRef.model_construct(
-                name=c.model.get("name"),
-                version=c.model.get("version"),
-                sha256=c.model.get("sha256"),
+                name=c.model["name"], version=c.model["version"], sha256=c.model["sha256"]
             ),
         ).wire()
 

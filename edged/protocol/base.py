@@ -32,11 +32,11 @@ def now() -> str:
     return events.iso_utc(time.time())
 
 
-#: The time a payload was built (a prediction: when its frame was captured), UTC, milliseconds.
+#: The time a payload was built (a prediction: when its frame was captured), UTC, milliseconds;
+#: declared ``ts: Timestamp = Field(default_factory=now)`` where each payload has it.
 Timestamp = Annotated[
     str,
     Field(
-        default_factory=now,
         description="UTC time, ISO 8601 with milliseconds and a Z",
         examples=["2026-11-22T10:15:03.123Z"],
         pattern=r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$",
@@ -46,7 +46,7 @@ Timestamp = Annotated[
 
 def _required(schema: dict[str, Any], cls: type[BaseModel]) -> None:
     """JSON Schema: every key is always present, except those that may be left out."""
-    omit = getattr(cls, "OMIT_IF_NONE", frozenset())
+    omit: frozenset[str] = getattr(cls, "OMIT_IF_NONE", frozenset())
     required = [f.alias or n for n, f in cls.model_fields.items() if n not in omit]
     if required:
         schema["required"] = required

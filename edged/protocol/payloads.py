@@ -12,7 +12,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.json_schema import SkipJsonSchema
 
-from edged.protocol.base import Header, Payload, Timestamp
+from edged.protocol.base import Header, Payload, Timestamp, now
 
 #: ``<base>/availability``, retained: ``online`` (connected), ``offline`` (the broker's last
 #: will: the connection was lost), ``stopped`` (a clean stop).
@@ -47,7 +47,7 @@ class Prediction(Header):
     OMIT_IF_NONE: ClassVar[frozenset[str]] = frozenset({"frame"})
 
     seq: int = Field(description="Increases by one per prediction, across restarts")
-    ts: Timestamp
+    ts: Timestamp = Field(default_factory=now)
     reason: str = Field(description="Why it was published: every, change, heartbeat, ...")
     label: str
     score: float | None = Field(description="The top score, rounded to 5 decimals")
@@ -101,7 +101,7 @@ class SourceStatus(Payload):
 class Health(Header):
     """The frame source's health (``<base>/health``, retained), on every change."""
 
-    ts: Timestamp
+    ts: Timestamp = Field(default_factory=now)
     source: SourceStatus
 
 
@@ -136,7 +136,7 @@ class MqttCounts(Payload):
 class Stats(Header):
     """Runtime statistics (``<base>/stats``, retained, every ``stats.interval_s``)."""
 
-    ts: Timestamp
+    ts: Timestamp = Field(default_factory=now)
     uptime_s: float
     interval_s: float = Field(description="Seconds since the previous snapshot")
     paused: bool
@@ -200,7 +200,7 @@ class UpdateResult(Header):
     version: int | None
     status: UpdateStatus
     reason: str = Field(description="One line; empty when accepted")
-    ts: Timestamp
+    ts: Timestamp = Field(default_factory=now)
     command: Literal["rollback"] | SkipJsonSchema[None] = Field(
         None, description="Command results only"
     )
@@ -239,7 +239,7 @@ class ControlResult(Header):
         None, description="When ok: saved to overrides.json"
     )
     errors: list[str] | SkipJsonSchema[None] = Field(None, description="When not ok: one line each")
-    ts: Timestamp
+    ts: Timestamp = Field(default_factory=now)
 
 
 # -- <discovery_prefix>/sensor/<device_id>/<object_id>/config  -----------------------

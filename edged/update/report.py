@@ -62,7 +62,8 @@ def model_payload(
         ),
         previous=_ref(state.previous) if state.previous is not None else None,
         kept=[_ref(r) for r in state.kept()],
-        last_update=state.last_update,  # as saved in state.json (LastUpdate's keys)
+        # as saved in state.json (LastUpdate's keys, edged.update.store.State.note)
+        last_update=state.last_update,  # type: ignore[arg-type]
         receiving=receiving,
         groups=list(groups or []),
     )

@@ -30,12 +30,11 @@ from edged.config import Config
 from edged.errors import BundleError, EdgedError
 from edged.model.bundle import read_bundle
 from edged.model.classifier import Classifier
-from edged.protocol.inbound import UnixTime
+from edged.protocol.inbound import MAX_COMMAND_BYTES, UnixTime
 from edged.protocol.payloads import Receiving, UpdateStatus
 from edged.publish.mqtt import Publisher
 from edged.publish.topics import offer_topic
 from edged.update.command import (
-    MAX_COMMAND_BYTES,
     Command,
     CommandError,
     load_trusted_keys,

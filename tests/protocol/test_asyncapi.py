@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from edged.protocol import asyncapi
-from edged.protocol.channels import CHANNELS, channel_of
+from edged.protocol.channels import CHANNELS, channel_of, parameters
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"
@@ -101,7 +101,7 @@ def test_every_reference_resolves_and_operations_use_their_channel(doc: dict[str
     for cid, channel in doc["channels"].items():
         assert channel["address"] and channel["messages"], cid
         params = set(channel.get("parameters", {}))
-        assert params == set(asyncapi.parameters(channel["address"])), cid
+        assert params == set(parameters(channel["address"])), cid
         for message in channel["messages"].values():
             msg = _resolve(doc, message["$ref"])
             assert "payload" in msg and msg["contentType"], cid

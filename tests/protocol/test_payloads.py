@@ -23,8 +23,7 @@ from edged.protocol import inbound, payloads
 from edged.protocol.asyncapi import json_schemas
 from edged.update.report import model_payload, result_payload
 from edged.update.store import ModelRecord, State
-from tests.fakes import FakePublisher
-from tests.test_fuzz_handlers import make_config
+from tests.fakes import FakePublisher, make_config
 
 GOLDEN: dict[str, Any] = json.loads(
     (Path(__file__).parent / "data" / "golden.json").read_text(encoding="utf-8")
