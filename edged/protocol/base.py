@@ -15,9 +15,10 @@ Incoming payloads are parsed as bounded, strict JSON first (``edged.update.wire`
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Mapping
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -103,6 +104,9 @@ class Header(Payload):
     device: str = Field(description="The publishing device's device_id")
 
 
+P = TypeVar("P", bound=Payload)
+
+
 class Inbound(BaseModel):
     """A JSON object a device receives: validated, unknown keys per model."""
 
@@ -115,6 +119,22 @@ class Inbound(BaseModel):
     @classmethod
     def refusal(cls, err: ValidationError) -> str:
         return refusal(err, cls.MESSAGES, cls.WHAT)
+
+
+def read(model: type[P], payload: bytes) -> P | None:
+    """A device's payload read on the host side (tools/), or None when it is not one: keys the
+    model does not know are dropped first, so a newer device's additions do not hide it."""
+    try:
+        raw = json.loads(payload)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(raw, dict):
+        return None
+    known = {f.alias or n for n, f in model.model_fields.items()}
+    try:
+        return model.model_validate({k: v for k, v in raw.items() if k in known})
+    except ValidationError:
+        return None
 
 
 def refusal(err: ValidationError, messages: Mapping[str, str], what: str) -> str:
