@@ -231,3 +231,19 @@ def test_any_offer_object_validates_or_gives_one_line(raw: dict[str, Any]) -> No
     except ValidationError as err:
         line = inbound.UpdateOffer.refusal(err)
         assert line.startswith("offer ") and "\n" not in line and len(line) < 300, line
+
+
+@pytest.mark.parametrize("diagnostics", [False, True])
+@pytest.mark.parametrize("cpu", [False, True])
+def test_home_assistant_configs_are_what_the_schema_says(diagnostics: bool, cpu: bool) -> None:
+    from edged.features.homeassistant import entity_configs
+    from edged.publish.topics import Topics
+
+    configs = entity_configs(
+        Topics("edged", "cam-1"), "digits", diagnostics=diagnostics, cpu_temperature=cpu,
+        hw_version="Raspberry Pi 5",
+    )  # fmt: skip
+    assert len(configs) == (2 + (3 + cpu if diagnostics else 0))
+    for body in configs.values():
+        payloads.HaSensorConfig.model_validate(body)
+        conforms("ha_discovery", json.dumps(body).encode())
