@@ -22,6 +22,8 @@ rejected, and so are keys of those sections that only apply at start (``publish.
     {"schema": 1, "device": "cam-1", "ts": "...Z", "ok": false,
      "errors": ["publish.min_score: Input should be less than or equal to 1"]}
 
+The message and the answer are ``ControlRequest`` and ``ControlResult`` of :mod:`edged.protocol`.
+
 Changes last until the daemon stops, unless ``"persist": true``: then they are merged into
 ``<state_dir>/overrides.json`` (written atomically) and applied at every start on top of the
 config file and the environment. Writes are coalesced: at most one every
