@@ -6,64 +6,121 @@ broker is away survive ``kill -9``, a crash or a power cut and are sent after th
 order, before anything new.
 
 Write-behind, so that the frame loop never waits for the disk: ``append``, ``peek``, ``ack`` and
-``len`` work on memory (``peek`` also reads committed rows through a second, read-only
-connection, which in WAL mode never waits for the writer); the writer thread of ``SpoolWriter``
-(``edged.publish.spool_writer``, the base class: opening, committing, closing, bounds, what can
-be lost) commits them. The file itself - lock, schema, corruption - is handled in
-``edged.publish.spool_file``; the daemon's sequence numbers (``SeqCounter``) and its choice of
-outbox (``open_outbox``) are in ``edged.publish.seq``.
-
-What can be lost:
-
-* ``kill -9``, a crash: the messages appended in the last ``flush_interval`` (plus the time the
-  commit takes, typically a few ms) that the broker had not acknowledged yet. Everything committed is in the file:
-  a committed transaction is in the WAL, which the kernel holds even if the process dies.
-* A power cut, with ``sync="full"`` (the default): the same; each commit is fsync'ed.
-  With ``sync="normal"``, commits are not fsync'ed (only checkpoints are), so a power cut can
-  also lose what the kernel had not yet written back: typically the last 5-30 s of spooled
-  messages. The file stays consistent either way (WAL frames are checksummed).
-
-Durability vs SD-card wear: ``full`` costs one fsync per commit, and commits happen only while
-messages wait longer than ``flush_interval`` (broker away or slow), at most 1/flush_interval = 20
-per second whatever the message rate; each writes one or two 4 KiB WAL pages, i.e. roughly
-40-80 KiB/s while the broker is away, nothing while it is up. ``normal`` writes the same pages
-but lets the kernel coalesce them (one larger write every few seconds), which is gentler on
-cheap SD cards and costs the power-cut window above.
-
-Bounds: ``max_messages`` and ``max_bytes`` (topic + payload of the stored messages; the file is
-larger by sqlite's overhead, and its WAL by up to ``JOURNAL_SIZE_LIMIT`` more). The oldest
-messages are dropped first, when a commit would exceed a bound; the newest is always kept;
-``dropped`` counts drops across restarts. The part not yet written is bounded separately by
-``memory_max_messages`` / ``memory_max_bytes``, which only come into play when the disk cannot
-keep up (stalled or failing writes): then that in-memory part drops its oldest too.
-
-Space: when a commit fails (a full disk), new messages wait in memory, with one warning (and
-one line when commits work again). Once the backlog has drained, the space the file grew to is
-given back (``give_back``): the WAL is checkpointed and truncated and the file vacuumed - or,
-when even that cannot be written, the file, every row of which has been acknowledged, is
-replaced by a fresh one.
+``len`` work on memory, which ``SqliteOutbox`` owns (under its ``_lock``); ``peek`` also reads
+committed rows. Its two parts have a lock each (``edged.publish.spool_writer``, which also says
+what can be lost): ``SpoolStore``, the open file (``edged.publish.spool_file``: lock, schema,
+corruption), and ``SpoolWriter``, the thread that commits the memory to it. The sequence
+numbers (``SeqCounter``) and the daemon's choice of outbox are in ``edged.publish.seq``.
 """
 
 from __future__ import annotations
 
+import logging
 import sqlite3
+import threading
 import time
+from collections import OrderedDict
+from pathlib import Path
+from typing import Self
 
+from edged.errors import SpoolError
+from edged.infra.util import RateLimitedLog
 from edged.publish.outbox import OutMessage, message_size
-from edged.publish.spool_file import SEQ_BLOCK
-from edged.publish.spool_writer import SpoolWriter
+from edged.publish.spool_file import SEQ_BLOCK, SpoolFile, Sync
+from edged.publish.spool_salvage import intact_row
+from edged.publish.spool_writer import FLUSH_INTERVAL_S, Snapshot, SpoolStore, SpoolWriter
 
 __all__ = ["SqliteOutbox"]
 
 SEQ_WAIT_S = 0.5  # longest SeqCounter.next waits for its reservation to be committed
 
+log = logging.getLogger("edged.spool")
 
-class SqliteOutbox(SpoolWriter):
+
+class SqliteOutbox:
     """A bounded, persistent ``Outbox``; see the module description.
 
     Thread-safe: the publisher's threads call ``append``/``peek``/``ack``/``len``, the daemon
-    calls ``seq_used`` (through ``SeqCounter``), the writer thread commits.
+    calls ``seq_used`` (through ``SeqCounter``), the writer thread commits. ``_lock`` guards the
+    memory state; lock order: ``_lock``, then the store's.
     """
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        max_messages: int = 100_000,
+        max_bytes: int = 32 * 1024 * 1024,
+        memory_max_messages: int = 10_000,
+        memory_max_bytes: int = 8 * 1024 * 1024,
+        sync: Sync = "full",
+        flush_interval: float = FLUSH_INTERVAL_S,
+        writer: bool = True,
+    ) -> None:
+        """Open (or create) the spool at ``path``; raises ``SpoolError``.
+
+        ``writer=False`` starts no writer thread: only ``flush()`` and ``close()`` write.
+        """
+        if min(max_messages, max_bytes, memory_max_messages, memory_max_bytes) < 1:
+            raise ValueError("spool bounds must be at least 1")
+        if sync not in ("full", "normal"):
+            raise ValueError(f"invalid sync mode {sync!r}")
+        self.path = Path(path)
+        self.max_messages = max_messages
+        self.max_bytes = max_bytes
+        self.memory_max_messages = memory_max_messages
+        self.memory_max_bytes = memory_max_bytes
+        self.sync: Sync = sync
+        self.flush_interval = flush_interval
+        self._warn = RateLimitedLog(log)
+        self._lock = threading.Lock()  # the memory state below
+        self._wake = threading.Condition(self._lock)  # the writer: something to commit
+        self._closed = False
+
+        self._tail: OrderedDict[int, OutMessage] = OrderedDict()  # not yet committed
+        self._tail_bytes = 0
+        self._tail_t: dict[int, float] = {}  # seq -> when appended (monotonic)
+        self._acked_since = 0.0  # when _acked last became non-empty
+        self._flushing_upto = 0  # tail seqs <= this are in the commit in progress
+        self._acked: set[int] = set()  # acknowledged, committed rows: delete at the next commit
+        self._acked_early: set[int] = set()  # acknowledged while the running commit inserts them
+        self._dropped_upto = 0  # the bounds dropped every committed row up to this seq
+        self._new_drops = 0  # dropped from the tail since the last commit (to persist)
+        self._failing = False  # the last commit failed
+
+        self._store = SpoolStore(self.path, sync, max_messages, max_bytes)
+        self._adopt(self._store.opened)
+        self._writer = SpoolWriter(self._store, self, memory_max=memory_max_messages, thread=writer)
+
+    def _adopt(self, opened: SpoolFile) -> None:
+        """The state of a freshly opened file."""
+        self._disk_count = opened.count  # rows committed
+        self._disk_bytes = opened.nbytes
+        self._disk_max_seq = opened.max_seq
+        self._next_seq = opened.max_seq + 1  # the next message's position in the spool
+        self._dropped = opened.dropped  # persistent total
+        self._seq_last = opened.seq_start  # the last sequence number handed out
+        self._seq_durable = opened.seq_reserved  # committed: numbers up to this may be used
+        self._seq_wanted = opened.seq_reserved  # reservation the writer should commit next
+        self.seq_start = opened.seq_start  # SeqCounter continues after this
+        self.recovered = opened.count  # messages found in the file when it was opened
+        self.unclean = opened.unclean  # the previous user did not close it (kill -9, power cut)
+        self.seq_known = opened.seq_known  # the file had recorded sequence numbers
+        self.set_aside = opened.set_aside  # a broken file moved aside at opening
+        self.salvaged = opened.salvaged  # messages carried over from it
+
+    @property
+    def gave_back(self) -> int:
+        """Times the file was shrunk after a backlog drained."""
+        return self._writer.gave_back
+
+    def flush(self) -> bool:
+        """Commit now (see ``SpoolWriter.flush``); False if the commit failed."""
+        return self._writer.flush()
+
+    def give_back(self) -> bool:
+        """Shrink the drained file now (see ``SpoolWriter.give_back``)."""
+        return self._writer.give_back()
 
     # ------------------------------------------------------------------ Outbox
 
@@ -104,19 +161,17 @@ class SqliteOutbox(SpoolWriter):
             return []
         with self._lock:
             out: list[OutMessage] = []
-            if self._disk_count > 0 and self._reader is not None:
+            if self._disk_count > 0:
                 try:
-                    rows = self._reader.execute(
-                        "SELECT seq, topic, payload, qos, retain FROM messages"
-                        " WHERE seq > ? ORDER BY seq LIMIT ?",
-                        (after, limit + len(self._acked) + len(self._acked_early)),
-                    ).fetchall()
+                    rows = self._store.read(
+                        after, limit + len(self._acked) + len(self._acked_early)
+                    )
                 except sqlite3.Error as err:
                     # Nothing rather than newer messages first: the order is kept.
                     self._warn.warning(f"spool: cannot read {self.path}: {err}")
                     return []
                 acked, early = self._acked, self._acked_early
-                damaged = [s for s, t, p, q, r in rows if not _intact(t, p, q)]
+                damaged = [s for s, t, p, q, r in rows if not intact_row(t, p, q)]
                 for seq in damaged:  # unreadable rows would block the queue: drop, count, log
                     self._ack_locked(seq)
                     self._dropped += 1
@@ -215,14 +270,149 @@ class SqliteOutbox(SpoolWriter):
                 "after a crash some may be reused"
             )
 
+    # ------------------------------------------------------------------ Pending (the writer)
 
-def _intact(topic: object, payload: object, qos: object) -> bool:
-    """A row as this spool writes it (a damaged page can hold anything)."""
-    return (
-        isinstance(topic, str)
-        and bool(topic)
-        and "\ufffd" not in topic
-        and not any(c in topic for c in "+#\x00")
-        and isinstance(payload, bytes)
-        and qos in (0, 1, 2)
-    )
+    def _due_in(self, now: float) -> float | None:
+        """Seconds until the next commit is due (<= 0: now), None if nothing is pending;
+        ``_lock`` held."""
+        if self._new_drops or self._seq_wanted > self._seq_durable:
+            return 0.0
+        due: float | None = None
+        if self._tail:
+            due = self._tail_t[next(iter(self._tail))] + self.flush_interval - now
+        if self._acked:
+            acked = self._acked_since + self.flush_interval - now
+            due = acked if due is None else min(due, acked)
+        return due
+
+    def wait_due(self, closing: threading.Event) -> bool:
+        with self._wake:
+            while not closing.is_set():
+                due = self._due_in(time.monotonic())
+                if due is not None and due <= 0:
+                    return True
+                self._wake.wait(due)
+        return False
+
+    def wake(self) -> None:
+        with self._wake:
+            self._wake.notify_all()
+
+    def snapshot(self, final: bool) -> Snapshot | None:
+        with self._lock:
+            batch = list(self._tail.values())
+            self._flushing_upto = batch[-1].seq if batch else 0
+            deletes = list(self._acked)
+            new_drops, seq_wanted, seq_last = self._new_drops, self._seq_wanted, self._seq_last
+            need_meta = new_drops > 0 or seq_wanted > self._seq_durable or final
+            if not batch and not deletes and not need_meta:
+                return None
+            meta: dict[str, int] = {}
+            if final:
+                meta.update(clean=1, seq_last=seq_last, seq_reserved=seq_last)
+            elif seq_wanted > self._seq_durable:
+                meta["seq_reserved"] = seq_wanted
+            return Snapshot(
+                batch,
+                deletes,
+                (self._disk_count, self._disk_bytes),
+                meta,
+                (self._dropped, new_drops > 0),
+                new_drops,
+                seq_wanted,
+                final,
+            )
+
+    def failed(self) -> bool:
+        with self._lock:
+            self._flushing_upto = 0
+            self._acked_early.clear()  # their inserts were rolled back
+            was_failing, self._failing = self._failing, True
+            self._wake.notify_all()
+        return was_failing
+
+    def committed(self, snap: Snapshot, result: tuple[int, int, int, int]) -> bool:
+        count, nbytes, bound_drops, cut = result
+        with self._lock:
+            for m in snap.batch:
+                if self._tail.pop(m.seq, None) is not None:
+                    del self._tail_t[m.seq]
+                    self._tail_bytes -= message_size(m.topic, m.payload)
+            self._flushing_upto = 0
+            self._acked.difference_update(snap.deletes)
+            if self._acked_early and not self._acked:
+                self._acked_since = time.monotonic()
+            self._acked.update(self._acked_early)
+            self._acked_early.clear()
+            if cut:
+                self._dropped_upto = max(self._dropped_upto, cut)
+                self._acked = {a for a in self._acked if a > cut}
+            self._disk_count = count
+            self._disk_bytes = nbytes
+            if snap.batch:
+                self._disk_max_seq = max(self._disk_max_seq, snap.batch[-1].seq)
+            self._new_drops -= snap.new_drops
+            self._dropped += bound_drops
+            if not snap.final:
+                self._seq_durable = max(self._seq_durable, snap.seq_wanted)
+            recovered, self._failing = self._failing, False
+            self._wake.notify_all()
+        return recovered
+
+    def shrinkable(self) -> bool | None:
+        with self._lock:
+            if self._closed or self._tail:
+                return None
+            if self._disk_count - len(self._acked) > 0 or (self._disk_count and not self._failing):
+                return None  # rows to delete first: the next commit does that
+            return self._failing
+
+    def recreate(self, store: SpoolStore, why: Exception) -> bool:
+        with self._lock:
+            if self._tail or self._disk_count - len(self._acked) > 0:
+                return False
+            seq_floor = self._seq_last  # the fresh file reserves SEQ_BLOCK beyond it again
+            next_seq, disk_max = self._next_seq, self._disk_max_seq
+            kept = (self.seq_start, self.unclean, self.seq_known, self.set_aside, self.salvaged)
+            try:
+                opened = store.recreate(seq_floor, self._dropped)
+            except (OSError, SpoolError) as err:
+                self._failing = True
+                self._warn.warning(f"spool: cannot replace {self.path} ({why}): {err}")
+                return False
+            self._adopt(opened)
+            # Positions continue (the publisher's cursor refers to them); older acks are moot.
+            self._next_seq = max(next_seq, disk_max + 1)
+            self._dropped_upto = max(self._dropped_upto, disk_max)
+            self._disk_max_seq = disk_max
+            self._acked.clear()
+            self._acked_early.clear()
+            self._disk_count = self._disk_bytes = 0
+            self._failing = False
+            self.seq_start, self.unclean, self.seq_known, self.set_aside, self.salvaged = kept
+            self._wake.notify_all()
+        return True
+
+    # ------------------------------------------------------------------ closing
+
+    def close(self, timeout: float = 2.0) -> None:
+        """Stop the writer, commit everything still in memory and release the file."""
+        with self._lock:
+            if self._closed:
+                return
+        if not self._writer.close(timeout):
+            log.warning("spool: the disk is not answering; closing without a final commit")
+        with self._lock:
+            self._closed = True
+            left = self._disk_count - len(self._acked) + len(self._tail)
+            self._wake.notify_all()
+        if left > 0:
+            log.info("spool: %d message(s) kept in %s for the next start", left, self.path)
+        self._store.close_connections()
+        self._store.release()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -28,6 +28,7 @@ __all__ = [
     "Salvaged",
     "broken_cause",
     "close_quietly",
+    "intact_row",
     "oserror",
     "salvage",
     "set_aside",
@@ -241,3 +242,15 @@ _SIDE = ("-wal", "-shm")
 
 def oserror(err: OSError) -> str:
     return err.strerror or str(err)
+
+
+def intact_row(topic: object, payload: object, qos: object) -> bool:
+    """A row as this spool writes it (a damaged page can hold anything)."""
+    return (
+        isinstance(topic, str)
+        and bool(topic)
+        and "\ufffd" not in topic
+        and not any(c in topic for c in "+#\x00")
+        and isinstance(payload, bytes)
+        and qos in (0, 1, 2)
+    )

@@ -108,8 +108,8 @@ def test_spool_of_an_older_edged_without_hwm_file_continues(tmp_path: Path) -> N
 def test_kill_9_skips_at_most_a_block_and_reuses_nothing(tmp_path: Path) -> None:
     state = tmp_path / "state"
     last, box = life(state, 5 * SEQ_BLOCK + 17, clean=False)  # no close: like kill -9
-    box._release()  # the process is gone: its locks with it
-    box._close_connections()
+    box._store.release()  # the process is gone: its locks with it
+    box._store.close_connections()
     box, seqs = open_outbox(spool_config(state))
     first = seqs.next()
     assert last < first <= last + SEQ_BLOCK + 1

@@ -426,8 +426,8 @@ def test_failing_writes_keep_messages_in_memory_until_the_disk_recovers(
     box = open_spool()
     fill(box, 3)
     assert box.flush()
-    db = box._db
-    box._db = sqlite3.connect(f"file:{box.path}?mode=ro", uri=True, check_same_thread=False)
+    db = box._store._db
+    box._store._db = sqlite3.connect(f"file:{box.path}?mode=ro", uri=True, check_same_thread=False)
     try:
         fill(box, 3, start=3)
         box.ack(box.peek(0, 1)[0].seq)
@@ -436,7 +436,7 @@ def test_failing_writes_keep_messages_in_memory_until_the_disk_recovers(
         assert any("cannot write" in r.getMessage() for r in caplog.records)
         assert payloads(box) == [b"1", b"2", b"3", b"4", b"5"] and len(box) == 5
     finally:
-        box._db.close()
-        box._db = db
+        box._store._db.close()
+        box._store._db = db
     assert box.flush()
     assert [p for _, p in rows_on_disk(box.path)] == [b"1", b"2", b"3", b"4", b"5"]
