@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 export VENV
 
-.PHONY: demo test setup clean
+.PHONY: demo test setup clean paho-compat
 
 setup: $(VENV)/.installed
 
@@ -24,6 +24,10 @@ demo: setup
 
 test: $(VENV)/.installed-test
 	bash scripts/test.sh
+
+# edged.publish.paho_client's tests under every supported paho-mqtt minor (venvs in /tmp).
+paho-compat:
+	bash scripts/paho-compat.sh
 
 clean:
 	rm -rf $(VENV) .venv-tflite .mypy_cache .ruff_cache .pytest_cache state
