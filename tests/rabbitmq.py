@@ -57,6 +57,11 @@ def _port_open(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
+def _epmd_running() -> bool:
+    """Erlang's port mapper (4369), started by the first node and shared by all."""
+    return _port_open(4369)
+
+
 class RabbitCluster:
     def __init__(self, workdir: Path, nodes: int = 3) -> None:
         if not (os.access(SERVER, os.X_OK) and os.access(CTL, os.X_OK)):
@@ -75,6 +80,7 @@ class RabbitCluster:
         cookie = self.home / ".erlang.cookie"
         cookie.write_text(secrets.token_hex(16).upper())
         os.chmod(cookie, 0o400)
+        self._epmd_before = _epmd_running()
         tag = f"{os.getpid()}-{secrets.token_hex(2)}"
         self.nodes = [
             Node(
@@ -91,8 +97,8 @@ class RabbitCluster:
             (node.base / "rabbitmq.conf").write_text(
                 "\n".join(
                     [
-                        "listeners.tcp.1 = 127.0.0.1:%d" % node.amqp_port,
-                        "mqtt.listeners.tcp.1 = 127.0.0.1:%d" % node.mqtt_port,
+                        f"listeners.tcp.1 = 127.0.0.1:{node.amqp_port}",
+                        f"mqtt.listeners.tcp.1 = 127.0.0.1:{node.mqtt_port}",
                         "mqtt.allow_anonymous = true",
                         "loopback_users = none",
                         "log.file.level = warning",
@@ -213,9 +219,10 @@ class RabbitCluster:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(5)
-        # Whatever of the nodes' process groups is still around (epmd is shared: left alone).
-        for node in self.nodes:
+        for node in self.nodes:  # whatever of the nodes' process groups is still around
             if node.proc is not None:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(node.proc.pid, signal.SIGKILL)
+        if not self._epmd_before and shutil.which("epmd"):  # the first node started it
+            subprocess.run(["epmd", "-kill"], capture_output=True, timeout=10, check=False)
         shutil.rmtree(self.workdir, ignore_errors=True)
