@@ -19,9 +19,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.broker import Mosquitto  # noqa: E402
-from tests.fleet.harness import scenario  # noqa: E402
-from tests.update.bundles import make_keys  # noqa: E402
+from tests.broker import Mosquitto
+from tests.fleet.harness import scenario
+from tests.update.bundles import make_keys
 
 
 def main() -> int:

@@ -112,6 +112,12 @@ class RabbitCluster:
             (node.base / "enabled_plugins").write_text("[rabbitmq_mqtt].\n")
         self._chown(self.workdir)
         try:
+            if not self._epmd_before:  # started here, before the nodes race to start it
+                epmd = shutil.which("epmd") or "/usr/bin/epmd"
+                subprocess.run([epmd, "-daemon"], capture_output=True, timeout=10, check=False)
+                deadline = time.monotonic() + 10
+                while not _epmd_running() and time.monotonic() < deadline:
+                    time.sleep(0.1)
             for node in self.nodes:
                 self._start(node)
             for node in self.nodes:

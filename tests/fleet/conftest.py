@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -10,9 +12,11 @@ from tests.rabbitmq import RabbitCluster, Unavailable
 
 
 @pytest.fixture(scope="session")
-def rabbit_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitCluster]:
+def rabbit_cluster() -> Iterator[RabbitCluster]:
+    # Not under pytest's temporary directory: that one is private to root (0700), and the
+    # nodes run as the rabbitmq user.
     try:
-        cluster = RabbitCluster(tmp_path_factory.mktemp("rabbitmq"))
+        cluster = RabbitCluster(Path(tempfile.mkdtemp(prefix="edged-rabbitmq-")))
     except Unavailable as err:
         pytest.skip(f"no RabbitMQ cluster: {err}")
     try:

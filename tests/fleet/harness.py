@@ -61,9 +61,9 @@ class Watcher(Subscriber):
         """device -> first time it said ``online`` after ``t0`` (live, not a retained copy)."""
         out: dict[str, float] = {}
         for t, m in self.timed():
-            if t >= t0 and m.topic.endswith("/availability") and m.payload == b"online":
-                if not m.retain:
-                    out.setdefault(m.topic.split("/")[-2], t)
+            live = not m.retain
+            if t >= t0 and live and m.topic.endswith("/availability") and m.payload == b"online":
+                out.setdefault(m.topic.split("/")[-2], t)
         return out
 
     def seq_report(self) -> dict[str, dict[str, int]]:

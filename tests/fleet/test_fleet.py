@@ -33,7 +33,9 @@ def test_a_fleet_survives_a_push_a_restart_and_an_outage(
     assert push["accepted"] == N
     table = f["push_stdout"].splitlines()
     assert len(table) == N + 1 and all(" accepted " in line for line in table[1:])
-    assert N * push["bundle_bytes"] <= push["broker_bytes_sent"] < 3 * N * push["bundle_bytes"] + 2e6
+    assert (
+        N * push["bundle_bytes"] <= push["broker_bytes_sent"] < 3 * N * push["bundle_bytes"] + 2e6
+    )
     # status: the whole fleet, online, on v2, in under a second.
     assert f["status"] == {**f["status"], "devices": N, "online": N, "v2": N}
     assert f["status"]["collect_s"] < 1.0  # connect, subscribe, retained messages in
