@@ -24,6 +24,11 @@ from tests.fleet.harness import scenario
 from tests.update.bundles import make_keys
 
 
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=100)
@@ -46,7 +51,7 @@ def main() -> int:
                 print(f"[{time.monotonic() - t0:7.1f} s] {s}", file=sys.stderr, flush=True)
 
             f = scenario(
-                work / "fleet", broker, keys, args.n, outage_s=args.outage_s, pace_s=args.pace_s,
+                _mkdir(work / "fleet"), broker, keys, args.n, outage_s=args.outage_s, pace_s=args.pace_s,
                 log=log,
             )  # fmt: skip
         finally:
