@@ -61,6 +61,7 @@ from edged.errors import BundleError
 from edged.model.bundle import load_private_key, read_bundle
 from edged.publish.topics import chunk_topic, offer_topic
 from edged.update.command import sign_command
+from edged.update.receiver import MAX_ASKED
 from edged.update.transfer import DEFAULT_CHUNK_SIZE, Offer, OfferError, make_offer
 from tools.brokerargs import add_broker_args
 
@@ -378,8 +379,8 @@ def send(
 
 NO_ANSWER = "no answer"
 FINAL = ("confirmed", "rolled_back", "rejected")
-MAX_REQUEST_BYTES = 16 * 1024  # a device's request names at most 256 chunks
-MAX_RESENT = 256  # chunks re-sent for one request
+MAX_REQUEST_BYTES = 16 * 1024  # a device's request is small (edged.update.receiver)
+MAX_RESENT = MAX_ASKED  # chunks re-sent for one request
 
 
 class Resender:

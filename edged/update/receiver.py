@@ -15,7 +15,8 @@ Asking the host (``<base>/update/request``, not retained; see :func:`request_pay
 broker cluster keeps retained messages on the node they were published on, so a device on
 another node may see neither the offer nor the chunks. The device therefore says hello
 (``transfer_id`` null) each time it (re)connects, and a transfer without a new chunk for
-``ask_after_s`` names the chunks it misses (every ``ask_after_s`` until it ends). A running
+``ask_after_s`` names the first :data:`MAX_ASKED` chunks it misses (again every
+``ask_after_s`` without progress, and for the next ones as soon as those arrived). A running
 ``edgectl push`` answers by publishing the offer or those chunks again; with nobody listening
 (a single broker keeps the retained ones) it costs one small message.
 
@@ -45,7 +46,7 @@ log = logging.getLogger("edged.update")
 
 SPACE_MARGIN = 1024 * 1024  # free bytes that must remain after a transfer's file is reserved
 ASK_AFTER_S = 3.0  # a transfer without a new chunk for this long asks the host for the rest
-MAX_ASKED = 256  # chunk indices named in one request
+MAX_ASKED = 16  # chunk indices named in one request: a slow link is not flooded with re-sends
 
 
 class Refused(Exception):
@@ -100,6 +101,7 @@ class Receiver:
         self.request_topic, self._hello = request_topic, hello
         self._greeted: tuple[bool, int] | None = None  # (connected, reconnects) last greeted
         self._asked = 0.0  # monotonic time of the last request for missing chunks
+        self._asked_for: set[int] = set()  # the chunk indices it named
         self.ask_after_s = min(ASK_AFTER_S, timeout_s / 4)
 
     def subscribe(self) -> None:
@@ -163,6 +165,8 @@ class Receiver:
             self._drop(f"cannot write the bundle: {oserror(err)}", answer=True)
             return
         if not cur.complete:
+            if self._asked_for and self._asked_for <= cur.received:
+                self._ask(cur)  # what it asked for came: the next ones, without waiting
             return
         self._end(cur)
         try:
@@ -184,9 +188,7 @@ class Receiver:
         now = time.monotonic()
         idle = now - cur.progress
         if self.request_topic is not None and min(idle, now - self._asked) >= self.ask_after_s:
-            self._asked = now  # the chunks may be retained on another node of a cluster
-            missing = [i for i in range(len(cur.offer.chunks)) if i not in cur.received]
-            self._request(cur.offer.transfer_id, missing)
+            self._ask(cur)  # the chunks may be retained on another node of a cluster
         if not cur.resubscribed and idle >= self.timeout_s / 2:
             cur.resubscribed = True  # the broker sends the retained chunks again
             log.info("update %s: no progress, subscribing again", cur.offer.transfer_id)
@@ -214,6 +216,17 @@ class Receiver:
             return
         self._greeted = key
         self._request(None)
+
+    def _ask(self, cur: Transfer) -> None:
+        self._asked = time.monotonic()
+        missing: list[int] = []
+        for i in range(len(cur.offer.chunks)):
+            if i not in cur.received:
+                missing.append(i)
+                if len(missing) == MAX_ASKED:
+                    break
+        self._asked_for = set(missing)
+        self._request(cur.offer.transfer_id, missing)
 
     def _request(self, transfer_id: str | None, missing: list[int] | None = None) -> None:
         assert self.request_topic is not None
@@ -246,7 +259,7 @@ class Receiver:
             self._chunk_prefix = chunk_topic(scope, tid, "")
             self._chunk_count = len(offer.chunks)
             self._queued = set()
-        self._asked = time.monotonic()
+        self._asked, self._asked_for = time.monotonic(), set()
         for i in range(len(offer.chunks)):  # exact topics: a cluster sends retained ones only so
             self.publisher.subscribe(chunk_topic(scope, tid, i))
         self._changed()

@@ -105,12 +105,16 @@ def test_a_request_names_at_most_max_asked_chunks(tmp_path: Path) -> None:
     pub.connected = True
     rx = _receiver(tmp_path, pub, timeout_s=0.4)
     data = os.urandom(1024 * (MAX_ASKED + 10))
-    offer, _ = make_offer(data, transfer_id="big", name="m", version=2, chunk_size=1024)
+    offer, chunks = make_offer(data, transfer_id="big", name="m", version=2, chunk_size=1024)
     rx.offer("edged/cam-1", offer)
     time.sleep(0.15)
     rx.tick()
     ask = [r for r in pub.requests() if r["transfer_id"] == "big"]
-    assert ask and ask[0]["missing"] == list(range(MAX_ASKED))
+    assert len(ask) == 1 and ask[0]["missing"] == list(range(MAX_ASKED))
+    for i in range(MAX_ASKED):  # what it asked for arrives: it asks for the next ones at once
+        rx.chunk("edged/cam-1/update/chunk/big/", str(i), chunks[i])
+    ask = [r for r in pub.requests() if r["transfer_id"] == "big"]
+    assert [a["missing"] for a in ask[1:]] == [list(range(MAX_ASKED, MAX_ASKED + 10))]
 
 
 class FakeBroker:
