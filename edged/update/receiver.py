@@ -28,7 +28,6 @@ bytes waiting in the queue never exceed the bundle's size, which the signed offe
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import threading
@@ -37,6 +36,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from edged.protocol.payloads import ModelRef, UpdateRequest
 from edged.publish.mqtt import Publisher
 from edged.publish.topics import chunk_topic, offer_topic
 from edged.update.store import Store
@@ -62,8 +62,14 @@ def request_payload(
 ) -> bytes:
     """``<base>/update/request``: ``hello`` (device, groups, active model) and, during a
     transfer, its id and the first :data:`MAX_ASKED` chunk indices still missing."""
-    body = {**hello, "transfer_id": transfer_id, "missing": (missing or [])[:MAX_ASKED]}
-    return json.dumps(body, separators=(",", ":")).encode("utf-8")
+    active = hello.get("active")
+    return UpdateRequest.model_construct(
+        device=hello.get("device", ""),
+        groups=list(hello.get("groups", [])),
+        active=ModelRef.model_construct(**active) if isinstance(active, dict) else None,
+        transfer_id=transfer_id,
+        missing=(missing or [])[:MAX_ASKED],
+    ).to_bytes()
 
 
 class Receiver:

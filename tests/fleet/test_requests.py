@@ -71,8 +71,11 @@ def test_a_device_says_hello_once_per_connection(tmp_path: Path) -> None:
     pub.connected = True
     rx.tick()
     rx.tick()
-    hello = {"device": "cam-1", "groups": ["lab"], "active": None}
-    assert pub.requests() == [{**hello, "transfer_id": None, "missing": []}]
+    (hello,) = pub.requests()
+    assert hello == {
+        "schema": 1, "device": "cam-1", "groups": ["lab"], "active": None,
+        "transfer_id": None, "missing": [], "ts": hello["ts"],
+    }  # fmt: skip
     pub.stats = {"reconnects": 1}  # a reconnect between two ticks
     rx.tick()
     assert len(pub.requests()) == 2
