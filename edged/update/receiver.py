@@ -16,7 +16,8 @@ broker cluster keeps retained messages on the node they were published on, so a 
 another node may see neither the offer nor the chunks. The device therefore says hello
 (``transfer_id`` null) each time it (re)connects, and a transfer without a new chunk for
 ``ask_after_s`` names the first :data:`MAX_ASKED` chunks it misses (again every
-``ask_after_s`` without progress, and for the next ones as soon as those arrived). A running
+``ask_after_s`` without progress, and for the next ones as soon as those, and only those,
+arrived). A running
 ``edgectl push`` answers by publishing the offer or those chunks again; with nobody listening
 (a single broker keeps the retained ones) it costs one small message.
 
@@ -108,6 +109,7 @@ class Receiver:
         self._greeted: tuple[bool, int] | None = None  # (connected, reconnects) last greeted
         self._asked = 0.0  # monotonic time of the last request for missing chunks
         self._asked_for: set[int] = set()  # the chunk indices it named
+        self._received_at_ask = 0  # chunks the transfer had then
         self.ask_after_s = min(ASK_AFTER_S, timeout_s / 4)
 
     def subscribe(self) -> None:
@@ -171,8 +173,11 @@ class Receiver:
             self._drop(f"cannot write the bundle: {oserror(err)}", answer=True)
             return
         if not cur.complete:
-            if self._asked_for and self._asked_for <= cur.received:
-                self._ask(cur)  # what it asked for came: the next ones, without waiting
+            got = len(cur.received) - self._received_at_ask
+            if self._asked_for and self._asked_for <= cur.received and got == len(self._asked_for):
+                # What it asked for came, and nothing else (the broker sends no retained
+                # copies): the next ones, without waiting.
+                self._ask(cur)
             return
         self._end(cur)
         try:
@@ -231,7 +236,7 @@ class Receiver:
                 missing.append(i)
                 if len(missing) == MAX_ASKED:
                     break
-        self._asked_for = set(missing)
+        self._asked_for, self._received_at_ask = set(missing), len(cur.received)
         self._request(cur.offer.transfer_id, missing)
 
     def _request(self, transfer_id: str | None, missing: list[int] | None = None) -> None:

@@ -221,3 +221,19 @@ def test_hostile_requests_cost_at_most_one_bounded_answer_per_device(
     assert all(not retain for _, _, retain in fb.published)
     answered = {t.split("/")[1] for t in topics}
     assert len(topics) <= len(answered) * max(1, len(chunks))  # one answer each, in range
+
+
+def test_no_chained_asks_while_the_broker_delivers_retained_chunks(tmp_path: Path) -> None:
+    """On a single broker the retained chunks keep coming: what was asked for arriving with
+    others is not a reason to ask for more (that would send the bundle twice)."""
+    pub = Pub()
+    pub.connected = True
+    rx = _receiver(tmp_path, pub, timeout_s=0.4)
+    data = os.urandom(1024 * (MAX_ASKED + 10))
+    offer, chunks = make_offer(data, transfer_id="big", name="m", version=2, chunk_size=1024)
+    rx.offer("edged/cam-1", offer)
+    time.sleep(0.15)
+    rx.tick()
+    for i in [MAX_ASKED + 5, *range(MAX_ASKED)]:  # one not asked for among them: retained
+        rx.chunk("edged/cam-1/update/chunk/big/", str(i), chunks[i])
+    assert len([r for r in pub.requests() if r["transfer_id"] == "big"]) == 1
