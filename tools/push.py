@@ -388,7 +388,9 @@ MAX_RESENT = MAX_ASKED  # chunks re-sent for one request
 class Resender:
     """Answers devices' requests during a push, and re-offers periodically (see the module
     docstring). Requests are outside input: anything malformed, from a device not targeted,
-    or naming chunks out of range is ignored; each device gets at most one answer a second."""
+    or naming chunks out of range is ignored; each device gets at most one answer a second,
+    except chunks never re-sent to it before: what one device can make it send is bounded by
+    one copy of the bundle plus one answer a second."""
 
     def __init__(
         self,
@@ -409,7 +411,8 @@ class Resender:
         self.current: dict[str, Row] = {}  # devices whose hello says they run this version
         self.seen_devices: set[str] = set()  # devices that sent a valid request
         self._read = 0
-        self._last: dict[str, float] = {}
+        self._last: dict[str, float] = {}  # device -> time of the last answer
+        self._sent: dict[str, set[int]] = {}  # device -> chunk indices re-sent to it
         self._periodic = time.monotonic()
         self.reoffers = self.periodic = self.resent = 0
 
@@ -457,19 +460,25 @@ class Resender:
         if device in answered or device in self.current:
             return
         now = time.monotonic()
-        if now - self._last.get(device, -1e9) < 1.0:
-            return
-        self._last[device] = now
         missing = r.get("missing")
         if r.get("transfer_id") == self.tid and isinstance(missing, list):
             wanted = sorted(
                 {i for i in missing[:MAX_RESENT] if type(i) is int and 0 <= i < len(self.chunks)}
             )
+            sent = self._sent.setdefault(device, set())
+            # Chunks not re-sent to this device before go at once (each at most once: the
+            # device asks for the next ones as soon as the last arrived); others once a second.
+            if sent.intersection(wanted) and now - self._last.get(device, -1e9) < 1.0:
+                return
+            sent.update(wanted)
             items = [(chunk_topic(scope, self.tid, i), self.chunks[i], False) for i in wanted]
             self.resent += len(items)
         else:
+            if now - self._last.get(device, -1e9) < 1.0:
+                return
             items = [(offer_topic(scope), self.offers[scope], False)]
             self.reoffers += 1
+        self._last[device] = now
         if items:
             self.broker.publish_all(items, 30)
 

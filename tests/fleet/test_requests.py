@@ -161,11 +161,17 @@ def test_the_push_tool_re_offers_on_hello_and_re_sends_the_chunks_asked_for() ->
         chunk_topic("edged/cam-2", "t9", 4),
     ]
     assert fb.published[2][1] == chunks[4]
-    fb.msgs.append(_req("cam-2", transfer_id="t9", missing=[1]))  # within a second: ignored
+    fb.msgs.append(_req("cam-2", transfer_id="t9", missing=[0]))  # again within 1 s: ignored
     fb.msgs.append(_req("cam-1", transfer_id=None))  # answered meanwhile: ignored
     rs.step({"cam-1"}, [])
     assert len(fb.published) == 3
-    assert (rs.reoffers, rs.resent) == (1, 2)
+    fb.msgs.append(_req("cam-2", transfer_id="t9", missing=[1, 2]))  # the next ones: at once
+    rs.step({"cam-1"}, [])
+    assert [t for t, _, _ in fb.published[3:]] == [
+        chunk_topic("edged/cam-2", "t9", 1),
+        chunk_topic("edged/cam-2", "t9", 2),
+    ]
+    assert (rs.reoffers, rs.resent) == (1, 4)
 
 
 def test_a_hello_saying_it_runs_this_version_marks_the_device_current() -> None:
@@ -220,7 +226,11 @@ def test_hostile_requests_cost_at_most_one_bounded_answer_per_device(
     assert set(topics) <= allowed
     assert all(not retain for _, _, retain in fb.published)
     answered = {t.split("/")[1] for t in topics}
-    assert len(topics) <= len(answered) * max(1, len(chunks))  # one answer each, in range
+    # Per device within a second: one offer, and each chunk at most once.
+    assert len(topics) <= len(answered) * (len(chunks) + 1)
+    for scope in ("edged/cam-1", "edged/cam-2"):
+        sent = [t for t in topics if t.startswith(scope + "/update/chunk/")]
+        assert len(sent) == len(set(sent))
 
 
 def test_no_chained_asks_while_the_broker_delivers_retained_chunks(tmp_path: Path) -> None:
