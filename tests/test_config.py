@@ -32,8 +32,16 @@ def test_minimal_config_gets_documented_defaults() -> None:
     [
         ({"mqtt": {"port": 70000}}, "mqtt.port: Input should be less than 65536"),
         ({"mqtt": {"port": "abc"}}, "mqtt.port: Input should be a valid integer"),
-        ({"mqtt": {"hots": "x"}}, "mqtt.hots: Extra inputs are not permitted"),
-        ({"colour": 1}, "colour: Extra inputs are not permitted"),
+        ({"mqtt": {"hots": "x"}}, "mqtt.hots: unknown key; did you mean mqtt.host?"),
+        (
+            {"mqtt": {"tls": {"ca": "x"}}},
+            "mqtt.tls.ca: unknown key; did you mean mqtt.tls.ca_file?",
+        ),
+        (
+            {"source": {"type": "files", "path": "x", "fsp": 1}},
+            "source.fsp: unknown key; did you mean source.fps?",
+        ),
+        ({"colour": 1}, "colour: unknown key"),
         ({"device_id": "Cam/1"}, "device_id: String should match pattern"),
         ({"device_id": "a+b"}, "device_id: String should match pattern"),
         ({"device_id": "a#"}, "device_id: String should match pattern"),
@@ -75,7 +83,7 @@ def test_env_overrides_nested_keys_and_decode_lists() -> None:
 
 def test_env_override_is_validated_like_the_file() -> None:
     assert _problems(MIN, {"EDGED_MQTT__PORT": "0"}) == [
-        "mqtt.port: Input should be greater than 0"
+        "EDGED_MQTT__PORT: Input should be greater than 0"
     ]
     assert env_overrides({"EDGED_SOURCE__TYPE": "opencv"}) == {"source": {"type": "opencv"}}
 
