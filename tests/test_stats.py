@@ -261,7 +261,7 @@ def test_intervals_percentiles_and_exposition(tmp_path: Path) -> None:
     assert values["edged_inference_seconds_count"] == 100
     assert values["edged_inference_seconds_sum"] == pytest.approx(5.05)
     info = families["edged_model_info"]["samples"][0][1]
-    assert info == '{name="a \\"quoted\\"\\nname",version="",sha256="' + "0" * 64 + '"}'
+    assert info == '{name="a \\"quoted\\"\\nname",sha256="' + "0" * 64 + '",version=""}'
 
     thermal.write_text("garbage")
     assert cpu_temperature(thermal) is None
