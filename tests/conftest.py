@@ -77,6 +77,17 @@ def start_daemon(tmp_path: Path) -> Iterator[Callable[..., DaemonProcess]]:
         p.close()
 
 
+# -- tiers: every real broker comes from mosquitto_factory, so a test that needs one is marked
+# `broker` by its fixtures; `pytest -m "not broker"` is the fast tier (in-memory MQTT: tests/memory.py).
+BROKER_FIXTURES = frozenset({"mosquitto_factory", "broker", "subscriber_factory", "start_daemon"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if BROKER_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.broker)
+
+
 # -- Hypothesis profiles: "ci" (default, short: the whole CI stays well under its budget) and
 # "deep" (a local fuzz campaign): HYPOTHESIS_PROFILE=deep pytest tests/test_fuzz_handlers.py
 _SLOW_OK = [HealthCheck.too_slow, HealthCheck.function_scoped_fixture, HealthCheck.data_too_large]
