@@ -195,12 +195,11 @@ class MemoryPublisher:
             self._on_message(topic, payload)
 
 
-@contextmanager
-def in_memory_daemon(
-    cfg: Config, monkeypatch: pytest.MonkeyPatch, broker: MemoryBroker | None = None
-) -> Iterator[tuple[Any, MemoryBroker]]:
-    """The real daemon in this process, its publisher a :class:`MemoryPublisher` on ``broker``;
-    running in a thread until the block ends (then stopped and joined)."""
+def use_memory_publisher(
+    monkeypatch: pytest.MonkeyPatch, broker: MemoryBroker | None = None
+) -> MemoryBroker:
+    """Daemons made from now on in this test publish to ``broker`` (a new one by default)
+    through a :class:`MemoryPublisher`: the one seam (``edged.app.daemon``'s publisher)."""
     from edged.app import daemon as daemon_module
 
     broker = broker if broker is not None else MemoryBroker()
@@ -209,7 +208,19 @@ def in_memory_daemon(
         return MemoryPublisher(cfg, device_id, broker=broker, **kwargs)
 
     monkeypatch.setattr(daemon_module, "Publisher", publisher)
-    d = daemon_module.Daemon(cfg)
+    return broker
+
+
+@contextmanager
+def in_memory_daemon(
+    cfg: Config, monkeypatch: pytest.MonkeyPatch, broker: MemoryBroker | None = None
+) -> Iterator[tuple[Any, MemoryBroker]]:
+    """The real daemon in this process, its publisher a :class:`MemoryPublisher` on ``broker``;
+    running in a thread until the block ends (then stopped and joined)."""
+    from edged.app.daemon import Daemon
+
+    broker = use_memory_publisher(monkeypatch, broker)
+    d = Daemon(cfg)
     result: list[BaseException] = []
 
     def run() -> None:
