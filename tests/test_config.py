@@ -3,6 +3,7 @@ from __future__ import annotations
 import re
 import tomllib
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydantic import BaseModel
@@ -14,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 MIN = {"device_id": "cam-1", "source": {"type": "files", "path": "x"}, "model": {"path": "m"}}
 
 
-def _problems(data: dict, environ: dict | None = None) -> list[str]:
+def _problems(data: dict[str, Any], environ: dict[str, str] | None = None) -> list[str]:
     with pytest.raises(ConfigError) as exc:
         parse_config(data, environ or {})
     return exc.value.problems
@@ -55,7 +56,7 @@ def test_minimal_config_gets_documented_defaults() -> None:
         ({"mqtt": {"topic_prefix": "a/#"}}, "mqtt.topic_prefix: String should match pattern"),
     ],
 )
-def test_invalid_values_name_the_key_path(patch: dict, expected: str) -> None:
+def test_invalid_values_name_the_key_path(patch: dict[str, Any], expected: str) -> None:
     data = {**MIN, **patch}
     problems = _problems(data)
     assert any(p.startswith(expected) for p in problems), problems

@@ -91,7 +91,12 @@ def test_paused_or_unpreparable_frames_are_left_to_the_frame_loop(clf: Classifie
 
 def test_post_stage_keeps_order_and_finishes_everything_on_close() -> None:
     done: list[int] = []
-    stage: PostStage[int] = PostStage(lambda i: (time.sleep(0.001), done.append(i)), lambda: None)
+
+    def work(i: int) -> None:
+        time.sleep(0.001)
+        done.append(i)
+
+    stage: PostStage[int] = PostStage(work, lambda: None)
     stage.start()
     for i in range(50):
         stage.submit(i)
@@ -101,7 +106,11 @@ def test_post_stage_keeps_order_and_finishes_everything_on_close() -> None:
 
 def test_post_stage_applies_back_pressure() -> None:
     gate = threading.Event()
-    stage: PostStage[int] = PostStage(lambda i: gate.wait(5), lambda: None, depth=2)
+
+    def work(i: int) -> None:
+        gate.wait(5)
+
+    stage: PostStage[int] = PostStage(work, lambda: None, depth=2)
     stage.start()
     submitted: list[int] = []
 

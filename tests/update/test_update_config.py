@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import tomllib
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -40,7 +41,7 @@ def test_defaults_are_safe() -> None:
         ({"trusted_key": []}, "update.trusted_key: unknown key; did you mean update.trusted_keys?"),
     ],
 )
-def test_invalid_update_values_name_the_key(patch: dict, expected: str) -> None:
+def test_invalid_update_values_name_the_key(patch: dict[str, Any], expected: str) -> None:
     with pytest.raises(ConfigError) as exc:
         parse_config({**MIN, "update": patch}, {})
     assert any(p.startswith(expected) for p in exc.value.problems), exc.value.problems
