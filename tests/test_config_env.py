@@ -199,3 +199,27 @@ def test_fuzzed_environment_gives_config_or_one_line_errors_naming_the_variable(
             )
     else:
         assert isinstance(cfg, Config)
+
+
+@pytest.mark.parametrize("known", [False, True])
+def test_thousands_of_variables_are_cut_short_quickly(known: bool) -> None:
+    import itertools
+    import time
+
+    if known:  # each a case variant of a real key: every one is read until the cut
+        cases = itertools.product(*[(c.lower(), c.upper()) for c in "MQTT__KEEPALIVE_S"])
+        names = ["EDGED_" + "".join(chars) for chars in itertools.islice(cases, 5000)]
+    else:
+        names = [f"EDGED_X{i:05d}" for i in range(20_000)]
+    t0 = time.monotonic()
+    problems = _problems(dict.fromkeys(names, "0"))
+    took = time.monotonic() - t0
+    assert took < 10, took
+    if known:  # 256 good ones read, the rest refused in one line
+        extra = len(set(names)) - 256 - 1  # the one named, and the others
+        assert len(problems) == 1 and problems[0].endswith(
+            f": and {extra} more: over 256 variables"
+        )
+    else:
+        assert len(problems) == 21 and problems[-1] == "(and 237 more problems)"
+    assert all(p.startswith("EDGED_") and "\n" not in p for p in problems[:20])

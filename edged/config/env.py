@@ -35,6 +35,7 @@ ENV_NESTED = "__"
 NOT_OVERRIDES = frozenset({"EDGED_CONFIG"})  # the config file's path (edged.cli)
 MAX_ENV_VALUE = 64 * 1024  # a longer EDGED_* value is refused
 MAX_DEPTH = 16  # nesting of tables and arrays (the schema needs 4)
+MAX_ENV_VARS = 256  # EDGED_* variables read (the schema has fewer than 120 keys)
 MAX_NAME_SHOWN = 80  # a variable's name is cut to this in messages
 
 
@@ -254,7 +255,11 @@ def read_environment(
     tree: dict[str, Any] = {}
     overrides: list[Override] = []
     problems: list[str] = []
-    for path, name in found:
+    for i, (path, name) in enumerate(found):
+        if i >= MAX_ENV_VARS:
+            more = len(found) - MAX_ENV_VARS
+            problems.append(f"{shown(name)}: and {more - 1} more: over {MAX_ENV_VARS} variables")
+            break
         field, problem = _leaf(name, path)
         fragment = None
         if problem is None:

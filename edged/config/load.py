@@ -92,7 +92,11 @@ def format_validation_error(
         problems.setdefault(where, [])
         if msg not in problems[where]:
             problems[where].append(msg)
-    lines = [f"{where}: {'; or '.join(msgs)}" for where, msgs in problems.items()]
+    return capped([f"{where}: {'; or '.join(msgs)}" for where, msgs in problems.items()])
+
+
+def capped(lines: list[str]) -> list[str]:
+    """At most ``MAX_PROBLEMS`` lines, then how many more there are."""
     if len(lines) <= MAX_PROBLEMS:
         return lines
     return [*lines[:MAX_PROBLEMS], f"(and {len(lines) - MAX_PROBLEMS} more problems)"]
@@ -103,7 +107,7 @@ def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
     :class:`ConfigError` naming each variable that is unknown or too large."""
     tree, _, problems = read_environment(environ)
     if problems:
-        raise ConfigError(problems)
+        raise ConfigError(capped(problems))
     return tree
 
 
@@ -112,7 +116,7 @@ def parse_config(data: Mapping[str, Any], environ: Mapping[str, str] | None = No
     the process environment) over it."""
     tree, overrides, problems = read_environment(os.environ if environ is None else environ)
     if problems:
-        raise ConfigError(problems)
+        raise ConfigError(capped(problems))
     merged = merge(data, tree)
     if depth(merged) > MAX_DEPTH:
         raise ConfigError([f"(top level): nested deeper than {MAX_DEPTH} levels"])
