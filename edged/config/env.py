@@ -53,7 +53,9 @@ class _OneVariable(EnvSettingsSource):
 
     def __init__(self, name: str, value: str) -> None:
         super().__init__(_EnvConfig)
-        # The source's documented state: the variables it reads, lower-cased as it reads them.
+        # ``env_vars`` (public, no method overridden) is what the source reads, set from
+        # os.environ by __init__; here the one variable, lower-cased as case_sensitive=False
+        # keys are. tests/test_config_env.py pins the behaviour this relies on.
         self.env_vars = {name.lower(): value}
 
 
