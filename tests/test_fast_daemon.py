@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -197,3 +198,37 @@ def test_discovery_off_and_control_off_publish_and_subscribe_nothing_of_theirs(
     topics = {m.topic for m in broker.messages}
     assert not [t for t in topics if t.startswith("homeassistant/sensor")]
     assert f"{TOPIC}/set/result" not in topics
+
+
+def test_persist_survives_a_restart_and_reset_forgets(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    cfg = _config(tmp_path, stats={"interval_s": 0})
+    overrides = cfg.state_dir / "overrides.json"
+    with in_memory_daemon(cfg.model_copy(deep=True), monkeypatch) as (_d, broker):
+        op = Operator(broker)
+        op.predictions_after(0, 1)
+        answer = op.send({"model": {"top_k": 1}, "persist": True})
+        assert (answer["ok"], answer["persisted"]) == (True, True)
+        assert json.loads(overrides.read_text()) == {"model": {"top_k": 1}}
+        # Not persisted: lost at the restart.
+        answer = op.send({"publish": {"mode": "change", "agree_n": 2, "agree_m": 2}})
+        assert (answer["ok"], answer["persisted"]) == (True, False)
+        assert json.loads(overrides.read_text()) == {"model": {"top_k": 1}}
+
+    # A new daemon on the same state directory: the persisted setting only.
+    restarted = MemoryBroker()
+    with (
+        caplog.at_level(logging.INFO),
+        in_memory_daemon(cfg.model_copy(deep=True), monkeypatch, restarted) as (_d, broker),
+    ):
+        op = Operator(broker)
+        events = op.predictions_after(0, 4)
+        assert all(len(e["top"]) == 1 and e["reason"] == "every" for e in events), events
+        assert f"settings from {overrides}" in caplog.text
+
+        answer = op.send({"command": "reset"})
+        assert answer["ok"] and answer["applied"] == {"command": "reset"}
+        assert not overrides.exists()
+        n = len(op.predictions())
+        assert all(len(e["top"]) == 3 for e in op.predictions_after(n + 1, 3)[1:])
