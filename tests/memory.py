@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 from paho.mqtt.client import topic_matches_sub
 
+from edged.app.daemon import Daemon
 from edged.config import Config, MqttConfig
 from edged.publish.outbox import Outbox
 from edged.publish.topics import Topics
@@ -214,11 +215,9 @@ def use_memory_publisher(
 @contextmanager
 def in_memory_daemon(
     cfg: Config, monkeypatch: pytest.MonkeyPatch, broker: MemoryBroker | None = None
-) -> Iterator[tuple[Any, MemoryBroker]]:
+) -> Iterator[tuple[Daemon, MemoryBroker]]:
     """The real daemon in this process, its publisher a :class:`MemoryPublisher` on ``broker``;
     running in a thread until the block ends (then stopped and joined)."""
-    from edged.app.daemon import Daemon
-
     broker = use_memory_publisher(monkeypatch, broker)
     d = Daemon(cfg)
     result: list[BaseException] = []

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from edged.app.daemon import Daemon
 from edged.config import Config
 from edged.features.homeassistant import OBJECT_IDS
 from edged.features.stats import cpu_temperature
@@ -62,7 +63,7 @@ def _config(tmp_path: Path, **sections: Any) -> Config:
 @pytest.fixture
 def running(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[tuple[Any, MemoryBroker, Operator]]:
+) -> Iterator[tuple[Daemon, MemoryBroker, Operator]]:
     cfg = _config(tmp_path, stats={"interval_s": 0})
     with in_memory_daemon(cfg, monkeypatch) as (d, broker):
         yield d, broker, Operator(broker)
@@ -86,7 +87,7 @@ def _quiet_after_answer(broker: MemoryBroker, op: Operator, frames: int = 8) -> 
 
 
 def test_each_setting_changes_what_is_published(
-    running: tuple[Any, MemoryBroker, Operator],
+    running: tuple[Daemon, MemoryBroker, Operator],
 ) -> None:
     _d, broker, op = running
     first = op.predictions_after(0, 3)
