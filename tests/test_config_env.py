@@ -212,7 +212,7 @@ def test_thousands_of_variables_are_cut_short_quickly(known: bool) -> None:
     else:
         names = [f"EDGED_X{i:05d}" for i in range(20_000)]
     t0 = time.monotonic()
-    problems = _problems(dict.fromkeys(names, "0"))
+    problems = _problems(dict.fromkeys(names, "30"))
     took = time.monotonic() - t0
     assert took < 10, took
     if known:  # 256 good ones read, the rest refused in one line
@@ -223,3 +223,11 @@ def test_thousands_of_variables_are_cut_short_quickly(known: bool) -> None:
     else:
         assert len(problems) == 21 and problems[-1] == "(and 237 more problems)"
     assert all(p.startswith("EDGED_") and "\n" not in p for p in problems[:20])
+
+
+def test_refused_variables_and_invalid_values_are_all_reported() -> None:
+    environ = {"EDGED_MQTT__HOSTNAME": "x", "EDGED_PUBLISH__QOS": "7", "EDGED_MQTT__PORT": "9"}
+    assert _problems(environ) == [
+        "EDGED_MQTT__HOSTNAME: unknown key; did you mean EDGED_MQTT__HOST?",
+        "EDGED_PUBLISH__QOS: Input should be 0, 1 or 2",
+    ]

@@ -115,17 +115,20 @@ def parse_config(data: Mapping[str, Any], environ: Mapping[str, str] | None = No
     """Validate ``data`` (a parsed file) with the ``EDGED_*`` variables of ``environ`` (default:
     the process environment) over it."""
     tree, overrides, problems = read_environment(os.environ if environ is None else environ)
+    merged = merge(data, tree)  # without the variables refused: their problems are reported
+    if depth(merged) > MAX_DEPTH:
+        raise ConfigError(
+            capped([*problems, f"(top level): nested deeper than {MAX_DEPTH} levels"])
+        )
+    try:
+        cfg = Config.model_validate(merged)
+    except ValidationError as err:
+        problems += format_validation_error(err, Config, overrides)
+    except (RecursionError, ValueError, TypeError, OverflowError) as err:
+        problems.append(f"(top level): {one_line(err)}")
     if problems:
         raise ConfigError(capped(problems))
-    merged = merge(data, tree)
-    if depth(merged) > MAX_DEPTH:
-        raise ConfigError([f"(top level): nested deeper than {MAX_DEPTH} levels"])
-    try:
-        return Config.model_validate(merged)
-    except ValidationError as err:
-        raise ConfigError(format_validation_error(err, Config, overrides)) from None
-    except (RecursionError, ValueError, TypeError, OverflowError) as err:
-        raise ConfigError([f"(top level): {one_line(err)}"]) from None
+    return cfg
 
 
 def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Config:
