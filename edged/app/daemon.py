@@ -32,6 +32,7 @@ from edged.infra.guard import KindLog, one_line
 from edged.infra.sdnotify import Notifier
 from edged.model.classifier import Classifier
 from edged.model.runtime import interpreter_threads
+from edged.protocol import payloads as wire
 from edged.publish.mqtt import Publisher
 from edged.publish.seq import open_outbox
 from edged.publish.spool import SqliteOutbox
@@ -314,10 +315,10 @@ class Daemon:
                     "postprocess": post_ms,
                     "total": (time.monotonic() - frame.captured) * 1000.0,
                 }
-                payload = events.prediction_event(
+                payload = wire.prediction(
                     device=cfg.device_id,
                     seq=self.seq,
-                    captured=frame.captured,
+                    ts=events.iso_utc(events.wall_time(frame.captured)),
                     reason=reason,
                     label=label,
                     score=score,
@@ -327,7 +328,7 @@ class Daemon:
                     frame=frame.name,
                 )
                 self.publisher.publish(
-                    self.topics.prediction, events.dumps(payload), qos=cfg.publish.qos
+                    self.topics.prediction, payload.to_bytes(), qos=cfg.publish.qos
                 )
                 if label != self._state:
                     self._state = label
@@ -379,7 +380,7 @@ class Daemon:
             self.ha.announce(info)  # the device's model name changed
 
     def model_ref(self) -> dict[str, Any]:
-        return _model_ref(self.classifier)
+        return _model_ref(self.classifier).wire()
 
     # -- stats, Home Assistant, control (edged.features.stats, edged.features.homeassistant, edged.features.control) ------
 
@@ -390,7 +391,7 @@ class Daemon:
             self.control.subscribe()
         if self.paused:
             log.info("paused (overrides.json): frames are not classified")
-            self.publisher.publish(self.topics.state, "paused", qos=1, retain=True)
+            self.publisher.publish(self.topics.state, wire.PAUSED_STATE, qos=1, retain=True)
         self.stats.start()
 
     def _take_requests(self) -> None:
@@ -417,7 +418,7 @@ class Daemon:
             self.preparer.active = not self.paused
             if self.paused:
                 log.info("paused: frames are not classified")
-                self.publisher.publish(self.topics.state, "paused", qos=1, retain=True)
+                self.publisher.publish(self.topics.state, wire.PAUSED_STATE, qos=1, retain=True)
             else:  # start afresh: the next result is published as if just started
                 log.info("resumed")
                 self.policy = PublishPolicy(cfg.publish)
@@ -451,14 +452,13 @@ class Daemon:
         self.publisher.publish(self.topics.stats, payload, qos=1, retain=True)
 
     def _publish_health(self, health: SourceHealth) -> None:
-        payload = events.health_event(
+        payload = wire.Health.model_construct(
             device=self.cfg.device_id,
-            source_ok=health.ok,
-            error=health.error,
-            faults=health.faults,
-            skipped=self.capture.skipped,
+            source=wire.SourceStatus.model_construct(
+                ok=health.ok, error=health.error, faults=health.faults, skipped=self.capture.skipped
+            ),
         )
-        self.publisher.publish(self.topics.health, events.dumps(payload), qos=1, retain=True)
+        self.publisher.publish(self.topics.health, payload.to_bytes(), qos=1, retain=True)
 
 
 def _cores() -> int:
@@ -468,6 +468,6 @@ def _cores() -> int:
         return os.cpu_count() or 1
 
 
-def _model_ref(clf: Classifier) -> dict[str, Any]:
+def _model_ref(clf: Classifier) -> wire.ModelRef:
     info = clf.info
-    return {"name": info.name, "version": info.version, "sha256": info.sha256}
+    return wire.ModelRef.model_construct(name=info.name, version=info.version, sha256=info.sha256)
