@@ -18,14 +18,14 @@ that every problem is one line naming the variable: an unknown key (with the nea
 from __future__ import annotations
 
 import difflib
+import functools
 import types
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
-from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict, SettingsError
 
 from edged.config.models import Config
 from edged.infra.guard import one_line
@@ -39,24 +39,33 @@ MAX_ENV_VARS = 256  # EDGED_* variables read (the schema has fewer than 120 keys
 MAX_NAME_SHOWN = 80  # a variable's name is cut to this in messages
 
 
-class _EnvConfig(BaseSettings, Config):
-    """The configuration's schema as pydantic-settings sees it; never instantiated (the file and
-    the environment are merged, then :class:`Config` validates them)."""
+@functools.cache
+def _reader() -> Callable[[str, str], dict[str, Any]]:
+    """pydantic-settings' environment source over one given variable instead of
+    ``os.environ``: ``read(name, value)`` -> the config fragment it sets. Imported on first use
+    (only when an ``EDGED_*`` variable is set)."""
+    from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
 
-    model_config = SettingsConfigDict(
-        env_prefix=ENV_PREFIX, env_nested_delimiter=ENV_NESTED, case_sensitive=False
-    )
+    class EnvConfig(BaseSettings, Config):
+        """The configuration's schema as pydantic-settings sees it; never instantiated (the
+        file and the environment are merged, then :class:`Config` validates them)."""
 
+        model_config = SettingsConfigDict(
+            env_prefix=ENV_PREFIX, env_nested_delimiter=ENV_NESTED, case_sensitive=False
+        )
 
-class _OneVariable(EnvSettingsSource):
-    """pydantic-settings' environment source over one given variable instead of ``os.environ``."""
+    class OneVariable(EnvSettingsSource):
+        def __init__(self, name: str, value: str) -> None:
+            super().__init__(EnvConfig)
+            # ``env_vars`` (public, no method overridden) is what the source reads, set from
+            # os.environ by __init__; here the one variable, lower-cased as case_sensitive=False
+            # keys are. tests/test_config_env.py pins the behaviour this relies on.
+            self.env_vars = {name.lower(): value}
 
-    def __init__(self, name: str, value: str) -> None:
-        super().__init__(_EnvConfig)
-        # ``env_vars`` (public, no method overridden) is what the source reads, set from
-        # os.environ by __init__; here the one variable, lower-cased as case_sensitive=False
-        # keys are. tests/test_config_env.py pins the behaviour this relies on.
-        self.env_vars = {name.lower(): value}
+    def read(name: str, value: str) -> dict[str, Any]:
+        return OneVariable(name, value)()
+
+    return read
 
 
 @dataclass(frozen=True)
@@ -223,8 +232,10 @@ def _read_one(
     """One variable as a config fragment, or its problem."""
     if len(value) > MAX_ENV_VALUE:
         return None, f"{shown(name)}: longer than {MAX_ENV_VALUE} characters"
+    from pydantic_settings import SettingsError
+
     try:
-        fragment = _OneVariable(name, value)()
+        fragment = _reader()(name, value)
     except SettingsError as err:
         cause = err.__cause__
         if isinstance(cause, RecursionError):

@@ -29,15 +29,15 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
+from typing import TYPE_CHECKING, Any
 
 from edged.config import StatsConfig
 from edged.infra import events
 from edged.protocol import payloads as wire
+
+if TYPE_CHECKING:  # imported when metrics are first asked for (Stats.registry)
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.core import Metric
 
 log = logging.getLogger("edged.stats")
 
@@ -137,8 +137,7 @@ class Stats:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._server: Any = None  # http.server.ThreadingHTTPServer while serving
-        self._registry = CollectorRegistry()  # this daemon's own, not the global default
-        self._registry.register(_Collector(self))
+        self._registry: CollectorRegistry | None = None  # made on first use (registry)
         self._server_thread: threading.Thread | None = None
 
     @property
@@ -260,15 +259,33 @@ class Stats:
     @property
     def registry(self) -> CollectorRegistry:
         """The daemon's own registry (the endpoint serves it; prometheus-client's global one is
-        left alone)."""
+        left alone), holding one collector that reads this object at each scrape.
+        prometheus-client is imported here, when metrics are first asked for."""
+        if self._registry is None:
+            from prometheus_client import CollectorRegistry
+            from prometheus_client.registry import Collector
+
+            stats = self
+
+            class Figures(Collector):
+                def collect(self) -> Iterable[Metric]:
+                    return stats.metric_families()
+
+            registry = CollectorRegistry()
+            registry.register(Figures())
+            self._registry = registry
         return self._registry
 
     def metrics_text(self) -> str:
         """The Prometheus text exposition (0.0.4) of the current counters and the last interval."""
-        return generate_latest(self._registry).decode("utf-8")
+        from prometheus_client import generate_latest
+
+        return generate_latest(self.registry).decode("utf-8")
 
     def metric_families(self) -> list[Metric]:
         """The metric families of one scrape: counters read now, the last closed interval."""
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
         c = self._probe()
         with self._lock:
             totals = self._totals
@@ -348,7 +365,7 @@ class Stats:
         from prometheus_client import MetricsHandler
 
         class Handler(MetricsHandler):
-            registry = self._registry
+            registry = self.registry
             timeout = 5  # seconds a client may take to send its request
 
             def do_GET(self) -> None:
@@ -382,16 +399,6 @@ class Stats:
         )  # fmt: skip
         self._server_thread.start()
         log.info("metrics on http://%s:%d/metrics", *self.endpoint or (host, port))
-
-
-class _Collector(Collector):
-    """The daemon's figures, read at each scrape."""
-
-    def __init__(self, stats: Stats) -> None:
-        self._stats = stats
-
-    def collect(self) -> Iterable[Metric]:
-        return self._stats.metric_families()
 
 
 def _round(ms: float | None) -> float | None:
