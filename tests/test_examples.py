@@ -26,10 +26,11 @@ from tests.daemon import ROOT, DaemonProcess, demo_config, write_config
 EXAMPLES = ROOT / "examples"
 SUBSCRIBER = EXAMPLES / "subscriber.py"
 FLOW = EXAMPLES / "node-red-flow.json"
-PREDICTION_TOPIC = Topics("edged", "+").prediction  # what the README and the examples use
+PREDICTION_TOPIC = Topics("edged", "+").prediction  # what the docs and the examples use
+MQTT_API = ROOT / "docs" / "mqtt-api.md"  # where the README sends subscribers
 AVAILABILITY_TOPIC = Topics("edged", "+").availability
 
-# The README's prediction event, as the daemon serialises it (compact JSON).
+# The docs' prediction event, as the daemon serialises it (compact JSON).
 EVENT = {
     "schema": 1,
     "device": "kitchen-cam",
@@ -151,9 +152,9 @@ def test_subscriber_prints_device_label_score_of_an_event(
     assert proc.poll() is None
 
 
-def test_readme_shows_the_subscriber_as_shipped() -> None:
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    section = readme.split("### Consume it", 1)[1].split("\n## ", 1)[0]
+def test_docs_show_the_subscriber_as_shipped() -> None:
+    page = MQTT_API.read_text(encoding="utf-8")
+    section = page.split("\n## Consume it\n", 1)[1].split("\n## ", 1)[0]
     (shown,) = re.findall(r"```python\n(.*?)```", section, re.DOTALL)
     shipped = SUBSCRIBER.read_text(encoding="utf-8")
     body = shipped.split('"""', 2)[2].lstrip("\n")  # without the module docstring
@@ -164,7 +165,7 @@ def test_mosquitto_sub_one_liner_shows_predictions(broker: Mosquitto, tmp_path: 
     mosquitto_sub = shutil.which("mosquitto_sub")
     if mosquitto_sub is None:
         pytest.skip("mosquitto_sub is not installed (apt-get install mosquitto-clients)")
-    # The README's `mosquitto_sub -h localhost -t 'edged/+/prediction' -v`, on the test port.
+    # docs/mqtt-api.md's `mosquitto_sub -h localhost -t 'edged/+/prediction' -v`, on the test port.
     argv = [mosquitto_sub, "-h", broker.host, "-p", str(broker.port), "-t", PREDICTION_TOPIC, "-v"]
     sub = subprocess.Popen(
         [*argv, "-C", "1", "-W", "30"],
@@ -257,7 +258,8 @@ def test_flow_subscribes_to_the_documented_topics(flow: list[dict[str, Any]]) ->
     for n in mqtt_in:
         assert nodes[n["broker"]]["type"] == "mqtt-broker"
         assert n["qos"] in {"1", "2"}, "the daemon publishes at QoS 1"
-    assert PREDICTION_TOPIC in Path(ROOT / "README.md").read_text(encoding="utf-8")
+    assert PREDICTION_TOPIC in MQTT_API.read_text(encoding="utf-8")
+    assert PREDICTION_TOPIC in (ROOT / "README.md").read_text(encoding="utf-8")
 
 
 def downstream(flow: list[dict[str, Any]], start: str) -> list[str]:

@@ -210,9 +210,9 @@ def test_stats_interval_0_publishes_nothing_until_asked(
     assert "stopped after" in caplog.text and "metrics on" not in caplog.text
 
 
-def test_the_readme_example_has_the_published_keys() -> None:
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    section = readme.split("\n## Stats\n", 1)[1].split("\n## ", 1)[0]
+def test_the_documented_example_has_the_published_keys() -> None:
+    page = (ROOT / "docs" / "mqtt-api.md").read_text(encoding="utf-8")
+    section = page.split("\n## Stats\n", 1)[1].split("\n## ", 1)[0]
     (shown,) = re.findall(r"```json\n(.*?)```", section, re.DOTALL)
     assert set(json.loads(shown)) == STATS_KEYS
 

@@ -119,7 +119,6 @@ class Daemon:
             else None
         )
         self.paused = False  # frames are taken and dropped, not classified
-        self._seq_start = self.seqs.last
         self.control = (
             Control(cfg, self.publisher, apply=self._apply_settings, commands=self._commands())
             if cfg.control.enabled and boot is not None
@@ -153,6 +152,7 @@ class Daemon:
         self._guard_log = KindLog(log)
         self.seq = self.seqs.last
         self.processed = 0
+        self.published = 0  # predictions handed to the publisher by this run (not seq: it goes on)
         self._state: str | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -241,9 +241,7 @@ class Daemon:
             self.publisher.stop(availability=None if self.reexec else "stopped")
             self.seqs.close()
             self.instance.release()
-            log.info(
-                "stopped after %d frames (%d published)", self.processed, self.seq - self._seq_start
-            )
+            log.info("stopped after %d frames (%d published)", self.processed, self.published)
         return 0
 
     def _make_source(self) -> FrameSource:
@@ -309,6 +307,7 @@ class Daemon:
             reason = self.policy.decide(label, score, time.monotonic())
             if reason is not None:
                 self.seq = self.seqs.next()
+                self.published += 1
                 latency = {
                     "preprocess": frame.prepare_ms,
                     "invoke": item.invoke_ms,
@@ -437,7 +436,7 @@ class Daemon:
         cap, outbox = self.capture, self.outbox
         return Counters(
             processed=self.processed,
-            predictions=self.seq - self._seq_start,
+            predictions=self.published,
             captured=cap.frames,
             dropped=cap.dropped,
             skipped=cap.skipped,

@@ -34,10 +34,24 @@ def quantized_probabilities(dtype: np.dtype[Any], scale: float, zero_point: int)
 
 
 def top_indices(values: np.ndarray, k: int) -> np.ndarray:
-    """Indices of the k largest values, largest first (ties: lower index first)."""
-    if k < values.size:
-        idx = np.argpartition(values, values.size - k)[-k:]
+    """Indices of the k largest values, largest first; equal values in ascending index order
+    (so the same classes, in the same order, whatever ``k``); NaN ranks below every number.
+
+    Selects without a full sort: the k-th largest value is found by a partition, then every
+    index above it and the lowest indices equal to it are taken."""
+    n = values.size
+    k = max(0, min(k, n))
+    key = values.reshape(-1).astype(np.float64)  # a copy: int8 math would wrap, NaN replaced
+    np.copyto(key, -np.inf, where=np.isnan(key))
+    if k == 0:
+        return np.zeros(0, dtype=np.intp)
+    if k < n:
+        kth = np.partition(key, n - k)[n - k]
+        above = np.flatnonzero(key > kth)
+        equal = np.flatnonzero(key == kth)[: k - above.size]
+        idx = np.concatenate((above, equal))
     else:
-        idx = np.arange(values.size)
-    order: np.ndarray = idx[np.argsort(-values[idx].astype(np.float64), kind="stable")]
+        idx = np.arange(n)
+    # lexsort: the last key is the primary one (score, descending), then the index.
+    order: np.ndarray = idx[np.lexsort((idx, -key[idx]))]
     return order
