@@ -77,9 +77,12 @@ def start_daemon(tmp_path: Path) -> Iterator[Callable[..., DaemonProcess]]:
         p.close()
 
 
-# -- tiers: every real broker comes from mosquitto_factory, so a test that needs one is marked
-# `broker` by its fixtures; `pytest -m "not broker"` is the fast tier (in-memory MQTT: tests/memory.py).
-BROKER_FIXTURES = frozenset({"mosquitto_factory", "broker", "subscriber_factory", "start_daemon"})
+# -- tiers: a test that needs a real broker is marked `broker` by its fixtures (a fixture that
+# starts one belongs here; tests/soak.py and `edged bench` start their own: their tests are
+# marked by hand); `pytest -m "not broker"` is the fast tier (in-memory MQTT: tests/memory.py).
+BROKER_FIXTURES = frozenset(
+    {"mosquitto_factory", "broker", "subscriber_factory", "start_daemon", "demo_env"}
+)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
