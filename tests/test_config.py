@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
-from edged.config import Config, env_overrides, load_config, parse_config
+from edged.config import Config, FilesSource, env_overrides, load_config, parse_config
 from edged.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -95,7 +95,7 @@ def test_load_config_resolves_paths_against_the_file(tmp_path: Path) -> None:
     )
     cfg = load_config(tmp_path / "c.toml", {})
     assert cfg.model.path == tmp_path / "m.tflite"
-    assert cfg.source.path == str(tmp_path / "imgs")  # type: ignore[union-attr]
+    assert isinstance(cfg.source, FilesSource) and cfg.source.path == str(tmp_path / "imgs")
 
 
 @pytest.mark.parametrize(

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from edged.app.daemon import Daemon
-from edged.config import Config
+from edged.config import Config, FilesSource
 from edged.features.homeassistant import OBJECT_IDS
 from edged.features.stats import cpu_temperature
 from tests.fakes import make_config
@@ -56,7 +56,8 @@ class Operator:
 
 def _config(tmp_path: Path, **sections: Any) -> Config:
     cfg = make_config(tmp_path / "state", **sections)
-    cfg.source.loop, cfg.source.fps = True, 20  # type: ignore[union-attr]
+    assert isinstance(cfg.source, FilesSource)
+    cfg.source.loop, cfg.source.fps = True, 20
     return cfg
 
 

@@ -279,8 +279,11 @@ def test_birth_flood_announces_at_most_once_per_interval(tmp_path: Path) -> None
 def test_status_payloads_other_than_online_are_ignored(tmp_path: Path, payload: bytes) -> None:
     pub = FakePublisher()
     ha = Discovery(
-        make_config(tmp_path).homeassistant, pub, diagnostics=False, cpu_temperature=False
-    )  # type: ignore[arg-type]
+        make_config(tmp_path).homeassistant,
+        pub,  # type: ignore[arg-type]  # the facade's methods, not the class (as above)
+        diagnostics=False,
+        cpu_temperature=False,
+    )
     ha.on_message(ha.status_topic, payload)
     ha.poll(_info())
     assert ha.announcements == (1 if payload.strip() == b"online" else 0)
