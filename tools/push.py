@@ -23,6 +23,16 @@ reason), ``rejected`` (with the reason), ``current`` (already runs this version)
 confirmed (``--no-wait-probation``: accepted) or is current, 1 otherwise, 2 for bad arguments
 or an unreadable bundle.
 
+While it waits it answers the devices' requests (``<prefix>/<device>/update/request``, see
+``edged.update.receiver``): a targeted device that has not answered yet and says hello (it
+just connected) gets the offer again, one that names missing chunks of this transfer gets
+those chunks again, and every ``--reoffer-s`` seconds the offer is published again to every
+target with a device still silent -- all not retained, at most one answer per device a
+second, until ``--timeout``. A broker cluster that keeps retained messages on the node they
+were published on (RabbitMQ) needs this: a device on another node sees neither the retained
+offer nor the chunks; on a single broker the retained copies already reach it and the
+re-sends are ignored (duplicates of a transfer the device has or is receiving).
+
 ``--rollback MODEL`` names any model the device keeps: ``VERSION`` (0 is a plain ``.tflite``
 it booted from), ``NAME@VERSION``, or a prefix of its sha256 (``sha256:PREFIX`` when the
 prefix is all decimal digits).
@@ -53,6 +63,7 @@ from edged.protocol.base import read
 from edged.protocol.payloads import ModelState, UpdateResult
 from edged.publish.topics import chunk_topic, offer_topic
 from edged.update.command import sign_command
+from edged.update.receiver import MAX_ASKED
 from edged.update.transfer import DEFAULT_CHUNK_SIZE, Offer, OfferError, make_offer
 from tools.brokerargs import add_broker_args
 
@@ -302,6 +313,7 @@ def send(
                 USAGE_ERROR,
             )
         results = [f"{p}/{d}/update/result" for d in known] or [f"{p}/+/update/result"]
+        results += [f"{p}/{d}/update/request" for d in known] or [f"{p}/+/update/request"]
         retained = [offer_topic(s) for s in scopes] + [f"{p}/{d}/model" for d in known]
         broker.subscribe(results + retained)
         broker.settle(f"{scopes[0]}/update/probe/{broker.client_id}")
@@ -341,10 +353,23 @@ def send(
             file=sys.stderr,
         )
         expected = len(known) if known else args.expect
+        resender = Resender(
+            broker, p, tid, {s: offers[s][0].to_json() for s in scopes}, chunks,
+            group=None if args.device else args.group, version=version,
+            model_sha256=model_sha256, every=args.reoffer_s,
+        )  # fmt: skip
         rows = answers(
             broker, tid, current, expected, t0 + args.timeout, known,
             probation=args.probation_timeout if args.wait_probation else None,
+            resender=resender,
         )  # fmt: skip
+        if resender.reoffers or resender.periodic or resender.resent:
+            print(
+                f"push: re-sent the offer {resender.reoffers} time(s) on request and "
+                f"{resender.periodic} time(s) to silent targets, and {resender.resent} "
+                "chunk(s) on request",
+                file=sys.stderr,
+            )
         if args.device and all(r[0] != NO_ANSWER for r in rows.values()):
             # Every device has it (or refused it): nothing retained is needed any more.
             # Offers first: never an offer left without its chunks, even if this is cut short.
@@ -356,6 +381,106 @@ def send(
 
 NO_ANSWER = "no answer"
 FINAL = ("confirmed", "rolled_back", "rejected")
+MAX_REQUEST_BYTES = 16 * 1024  # a device's request is small (edged.update.receiver)
+MAX_RESENT = MAX_ASKED  # chunks re-sent for one request
+
+
+class Resender:
+    """Answers devices' requests during a push, and re-offers periodically (see the module
+    docstring). Requests are outside input: anything malformed, from a device not targeted,
+    or naming chunks out of range is ignored; each device gets at most one answer a second,
+    except chunks never re-sent to it before: what one device can make it send is bounded by
+    one copy of the bundle plus one answer a second."""
+
+    def __init__(
+        self,
+        broker: Broker,
+        prefix: str,
+        tid: str,
+        offers: dict[str, bytes],
+        chunks: list[bytes],
+        *,
+        group: str | None,
+        version: int,
+        model_sha256: str | None,
+        every: float,
+    ) -> None:
+        self.broker, self.prefix, self.tid = broker, prefix, tid
+        self.offers, self.chunks, self.group = offers, chunks, group
+        self.version, self.model_sha256, self.every = version, model_sha256, every
+        self.current: dict[str, Row] = {}  # devices whose hello says they run this version
+        self.seen_devices: set[str] = set()  # devices that sent a valid request
+        self._read = 0
+        self._last: dict[str, float] = {}  # device -> time of the last answer
+        self._sent: dict[str, set[int]] = {}  # device -> chunk indices re-sent to it
+        self._periodic = time.monotonic()
+        self.reoffers = self.periodic = self.resent = 0
+
+    def scope_of(self, device: str, groups: Any) -> str | None:
+        if self.group is None:
+            scope = f"{self.prefix}/{device}"
+            return scope if scope in self.offers else None
+        if isinstance(groups, list) and self.group in groups:
+            return f"{self.prefix}/group/{self.group}"
+        return None
+
+    def step(self, answered: set[str], silent_scopes: list[str]) -> None:
+        msgs = self.broker.messages()
+        new, self._read = msgs[self._read :], len(msgs)
+        for m in new:
+            if m.topic.endswith("/update/request") and len(m.payload) <= MAX_REQUEST_BYTES:
+                self._request(m, answered)
+        now = time.monotonic()
+        if silent_scopes and now - self._periodic >= self.every:
+            self._periodic = now
+            self.periodic += 1
+            items = [(offer_topic(s), self.offers[s], False) for s in silent_scopes]
+            self.broker.publish_all(items, 30)
+
+    def _request(self, m: Received, answered: set[str]) -> None:
+        parts = m.topic.split("/")
+        device = parts[-3] if len(parts) >= 3 else ""
+        r = _json(m.payload)
+        if (
+            r is None
+            or r.get("device") != device
+            or f"{self.prefix}/{device}/update/request" != m.topic
+        ):
+            return
+        scope = self.scope_of(device, r.get("groups"))
+        if scope is None:
+            return
+        self.seen_devices.add(device)
+        active = r.get("active")
+        if not isinstance(active, dict):
+            active = {}
+        if active.get("version") == self.version and active.get("sha256") == self.model_sha256:
+            self.current.setdefault(device, ("current", str(self.version), ""))
+            return
+        if device in answered or device in self.current:
+            return
+        now = time.monotonic()
+        missing = r.get("missing")
+        if r.get("transfer_id") == self.tid and isinstance(missing, list):
+            wanted = sorted(
+                {i for i in missing[:MAX_RESENT] if type(i) is int and 0 <= i < len(self.chunks)}
+            )
+            sent = self._sent.setdefault(device, set())
+            # Chunks not re-sent to this device before go at once (each at most once: the
+            # device asks for the next ones as soon as the last arrived); others once a second.
+            if sent.intersection(wanted) and now - self._last.get(device, -1e9) < 1.0:
+                return
+            sent.update(wanted)
+            items = [(chunk_topic(scope, self.tid, i), self.chunks[i], False) for i in wanted]
+            self.resent += len(items)
+        else:
+            if now - self._last.get(device, -1e9) < 1.0:
+                return
+            items = [(offer_topic(scope), self.offers[scope], False)]
+            self.reoffers += 1
+        self._last[device] = now
+        if items:
+            self.broker.publish_all(items, 30)
 
 
 def answers(
@@ -367,13 +492,17 @@ def answers(
     known: list[str],
     *,
     probation: float | None = None,
+    resender: Resender | None = None,
 ) -> dict[str, Row]:
     """Wait until ``expected`` devices answered transfer ``tid`` or ``deadline``; then, with
     ``probation`` (seconds), until each device that accepted it confirmed it or rolled it
-    back. A device's row is its latest answer."""
+    back. A device's row is its latest answer. ``resender`` answers requests meanwhile."""
 
     def collect() -> dict[str, Row]:
         got = dict(given)
+        if resender is not None:
+            for d, row in resender.current.items():
+                got.setdefault(d, row)
         for m in broker.messages():
             r = read(UpdateResult, m.payload) if m.topic.endswith("/update/result") else None
             if r is None or r.transfer_id != tid:
@@ -384,7 +513,23 @@ def answers(
                 got[d] = row
         return got
 
-    broker.wait(lambda: len(collect()) >= expected, max(0.0, deadline - time.monotonic()))
+    def wait(done: Callable[[], bool], until: float) -> None:
+        while True:
+            if resender is not None:
+                rows = collect()
+                if resender.group is None:
+                    silent = [
+                        s for s in resender.offers if target_of(resender.prefix, s) not in rows
+                    ]
+                else:
+                    silent = list(resender.offers) if len(rows) < expected else []
+                resender.step(set(rows), silent)
+            remaining = until - time.monotonic()
+            if done() or remaining <= 0:
+                return
+            broker.wait(done, min(0.25, remaining))
+
+    wait(lambda: len(collect()) >= expected, deadline)
     if probation is not None:
 
         def settled() -> bool:
@@ -398,7 +543,7 @@ def answers(
                 "end of their probation (--no-wait-probation: do not wait)",
                 file=sys.stderr,
             )
-            broker.wait(settled, probation)
+            wait(settled, time.monotonic() + probation)
     got = collect()
     if probation is not None:
         for d, row in got.items():
@@ -520,6 +665,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="stop at acceptance; do not wait for the end of probation",
     )
     ap.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE, help="bytes per chunk")
+    ap.add_argument(
+        "--reoffer-s",
+        type=float,
+        default=10.0,
+        metavar="S",
+        help="publish the offer again every S seconds to targets with a device still silent "
+        "(not retained; for broker clusters; default 10)",
+    )
     return ap
 
 
@@ -540,8 +693,8 @@ def _check(args: argparse.Namespace) -> str | None:
         return "--expect and --devices go with --group"
     if args.expect is not None and args.expect < 1:
         return "--expect must be at least 1"
-    if args.timeout <= 0 or args.probation_timeout <= 0:
-        return "--timeout and --probation-timeout must be positive"
+    if args.timeout <= 0 or args.probation_timeout <= 0 or args.reoffer_s <= 0:
+        return "--timeout, --probation-timeout and --reoffer-s must be positive"
     if (args.key is None) != args.unsigned:
         return "give --key KEY.pem (signs the offer) or --unsigned"
     return None
@@ -582,7 +735,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif args.wait_probation:
         wanted = ("confirmed", "current")
     else:
-        wanted = OK_STATUSES
+        wanted = (*OK_STATUSES, "confirmed")  # a device may pass probation while others answer
     expected = len(args.device or args.devices or []) or args.expect
     good = sum(1 for status, _, _ in rows.values() if status in wanted)
     return OK if good >= expected and all(s in wanted for s, _, _ in rows.values()) else FAILED

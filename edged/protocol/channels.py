@@ -122,6 +122,12 @@ CHANNELS: tuple[Channel, ...] = (
         "The answer to an offer or a command",
     ),
     Channel(
+        "updateRequest", f"{DEVICE}/update/request", "send",
+        Message("update_request", "Update request", payloads.UpdateRequest),
+        "A hello on each connection, and the chunks a stalled transfer misses: a running "
+        "push answers with the offer or those chunks again (for broker clusters)",
+    ),
+    Channel(
         "updateOffer", f"{DEVICE}/update/offer", "receive",
         Message("update_offer", "Update offer", inbound.UpdateOffer),
         "A signed offer of a model bundle for this device", retained=True, clearable=True,

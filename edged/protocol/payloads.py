@@ -212,6 +212,22 @@ class UpdateResult(Header):
         return ["command", "issued"] if self.command is None else []  # not a command's
 
 
+# -- <base>/update/request ----------------------------------------------------------------------
+
+
+class UpdateRequest(Header):
+    """What a device asks a running ``edgectl push`` for (``<base>/update/request``, not
+    retained; edged.update.receiver): a hello on each connection (``transfer_id`` null), or
+    the chunks a transfer without progress still misses -- for brokers (clusters) that do not
+    deliver the retained offer and chunks to every subscriber."""
+
+    groups: list[str] = Field(description="The device's update groups ([update] groups)")
+    active: ModelRef | None = Field(description="The model it runs (null before the first)")
+    transfer_id: str | None = Field(description="The transfer in progress; null for a hello")
+    missing: list[int] = Field(description="Chunk indices still missing (at most 16)")
+    ts: Timestamp = Field(default_factory=now)
+
+
 # -- <base>/set/result --------------------------------------------------------------------------
 
 

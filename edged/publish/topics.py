@@ -47,6 +47,10 @@ class Topics:
         return f"{self.base}/update/result"
 
     @property
+    def update_request(self) -> str:  # outbound JSON: hello / missing chunks (edged.update)
+        return f"{self.base}/update/request"
+
+    @property
     def update_command(self) -> str:  # inbound: signed JSON command (rollback)
         return f"{self.base}/update/command"
 

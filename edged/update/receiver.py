@@ -1,13 +1,25 @@
 """Receiving bundles: offers in, chunks to a file, one transfer at a time (device side).
 
-The chunk topic of a transfer is subscribed only once its offer has been accepted for download
-(retained messages on different topics arrive in no guaranteed order), and chunks of any other
-transfer are dropped on paho's thread before they are queued. An offer on the scope of the
+The chunk topics of a transfer are subscribed -- each by its exact name, no wildcard: a
+clustered broker such as RabbitMQ does not send retained messages for wildcard subscriptions --
+only once its offer has been accepted for download (retained messages on different topics
+arrive in no guaranteed order), and chunks of any other transfer are dropped on paho's thread
+before they are queued. An offer on the scope of the
 transfer in progress (a new push) replaces it; offers on other scopes wait, and the highest
 version waiting goes next. A transfer that makes no progress for half of ``timeout_s`` asks
 the broker for the retained chunks once more (a new SUBSCRIBE), and is given up (and answered
 ``rejected``) when ``timeout_s`` passes without a new chunk: a transfer that cannot complete
 (a chunk missing on the broker) ends within ``timeout_s`` of its last chunk.
+
+Asking the host (``<base>/update/request``, not retained; see :func:`request_payload`): a
+broker cluster keeps retained messages on the node they were published on, so a device on
+another node may see neither the offer nor the chunks. The device therefore says hello
+(``transfer_id`` null) each time it (re)connects, and a transfer without a new chunk for
+``ask_after_s`` names the first :data:`MAX_ASKED` chunks it misses (again every
+``ask_after_s`` without progress, and for the next ones as soon as those, and only those,
+arrived). A running
+``edgectl push`` answers by publishing the offer or those chunks again; with nobody listening
+(a single broker keeps the retained ones) it costs one small message.
 
 Offers reach the receiver parsed and authenticated (:class:`~edged.update.updater.Updater`);
 nothing is reserved before. Chunks are screened on paho's thread (:meth:`Receiver.match`):
@@ -23,7 +35,9 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+from edged.protocol.payloads import ModelRef, UpdateRequest
 from edged.publish.mqtt import Publisher
 from edged.publish.topics import chunk_topic, offer_topic
 from edged.update.store import Store
@@ -32,6 +46,8 @@ from edged.update.transfer import Offer, Transfer, TransferError
 log = logging.getLogger("edged.update")
 
 SPACE_MARGIN = 1024 * 1024  # free bytes that must remain after a transfer's file is reserved
+ASK_AFTER_S = 3.0  # a transfer without a new chunk for this long asks the host for the rest
+MAX_ASKED = 16  # chunk indices named in one request: a slow link is not flooded with re-sends
 
 
 class Refused(Exception):
@@ -40,6 +56,21 @@ class Refused(Exception):
 
 def oserror(err: OSError) -> str:
     return err.strerror or str(err)
+
+
+def request_payload(
+    hello: dict[str, Any], transfer_id: str | None = None, missing: list[int] | None = None
+) -> bytes:
+    """``<base>/update/request``: ``hello`` (device, groups, active model) and, during a
+    transfer, its id and the first :data:`MAX_ASKED` chunk indices still missing."""
+    active = hello.get("active")
+    return UpdateRequest.model_construct(
+        device=hello.get("device", ""),
+        groups=list(hello.get("groups", [])),
+        active=ModelRef.model_construct(**active) if isinstance(active, dict) else None,
+        transfer_id=transfer_id,
+        missing=(missing or [])[:MAX_ASKED],
+    ).to_bytes()
 
 
 class Receiver:
@@ -59,6 +90,8 @@ class Receiver:
         refuse: Callable[[Offer, str], None],
         complete: Callable[[Offer, Path], None],
         changed: Callable[[], None] = lambda: None,
+        request_topic: str | None = None,
+        hello: Callable[[], dict[str, Any]] = dict,
     ) -> None:
         self.store = store
         self.publisher = publisher
@@ -72,6 +105,12 @@ class Receiver:
         self._queued: set[int] = set()  # chunk indices handed to the update thread
         self.current: Transfer | None = None
         self._pending: dict[str, Offer] = {}  # scope -> newest offer not yet handled
+        self.request_topic, self._hello = request_topic, hello
+        self._greeted: tuple[bool, int] | None = None  # (connected, reconnects) last greeted
+        self._asked = 0.0  # monotonic time of the last request for missing chunks
+        self._asked_for: set[int] = set()  # the chunk indices it named
+        self._received_at_ask = 0  # chunks the transfer had then
+        self.ask_after_s = min(ASK_AFTER_S, timeout_s / 4)
 
     def subscribe(self) -> None:
         for scope in self.scopes:
@@ -134,6 +173,11 @@ class Receiver:
             self._drop(f"cannot write the bundle: {oserror(err)}", answer=True)
             return
         if not cur.complete:
+            got = len(cur.received) - self._received_at_ask
+            if self._asked_for and self._asked_for <= cur.received and got == len(self._asked_for):
+                # What it asked for came, and nothing else (the broker sends no retained
+                # copies): the next ones, without waiting.
+                self._ask(cur)
             return
         self._end(cur)
         try:
@@ -148,14 +192,20 @@ class Receiver:
         self._next()
 
     def tick(self) -> None:
+        self._greet()
         cur = self.current
         if cur is None:
             return
-        idle = time.monotonic() - cur.progress
+        now = time.monotonic()
+        idle = now - cur.progress
+        if self.request_topic is not None and min(idle, now - self._asked) >= self.ask_after_s:
+            self._ask(cur)  # the chunks may be retained on another node of a cluster
         if not cur.resubscribed and idle >= self.timeout_s / 2:
             cur.resubscribed = True  # the broker sends the retained chunks again
             log.info("update %s: no progress, subscribing again", cur.offer.transfer_id)
-            self.publisher.subscribe(chunk_topic(cur.scope, cur.offer.transfer_id, "+"))
+            for i in range(len(cur.offer.chunks)):
+                if i not in cur.received:
+                    self.publisher.subscribe(chunk_topic(cur.scope, cur.offer.transfer_id, i))
             return
         if idle < self.timeout_s:
             return
@@ -165,6 +215,34 @@ class Receiver:
             f"(no chunk for {self.timeout_s:g} s: update.transfer_timeout_s)",
             answer=True,
         )
+
+    def _greet(self) -> None:
+        """Say hello once per connection: a host pushing now sends what this device missed."""
+        if self.request_topic is None:
+            return
+        connected = bool(getattr(self.publisher, "connected", False))
+        stats = getattr(self.publisher, "stats", None)
+        key = (connected, stats.get("reconnects", 0) if isinstance(stats, dict) else 0)
+        if not connected or key == self._greeted:
+            return
+        self._greeted = key
+        self._request(None)
+
+    def _ask(self, cur: Transfer) -> None:
+        self._asked = time.monotonic()
+        missing: list[int] = []
+        for i in range(len(cur.offer.chunks)):
+            if i not in cur.received:
+                missing.append(i)
+                if len(missing) == MAX_ASKED:
+                    break
+        self._asked_for, self._received_at_ask = set(missing), len(cur.received)
+        self._request(cur.offer.transfer_id, missing)
+
+    def _request(self, transfer_id: str | None, missing: list[int] | None = None) -> None:
+        assert self.request_topic is not None
+        payload = request_payload(self._hello(), transfer_id, missing)
+        self.publisher.publish(self.request_topic, payload, qos=1)
 
     def _next(self) -> None:
         while self.current is None and self._pending:
@@ -192,7 +270,9 @@ class Receiver:
             self._chunk_prefix = chunk_topic(scope, tid, "")
             self._chunk_count = len(offer.chunks)
             self._queued = set()
-        self.publisher.subscribe(chunk_topic(scope, tid, "+"))
+        self._asked, self._asked_for = time.monotonic(), set()
+        for i in range(len(offer.chunks)):  # exact topics: a cluster sends retained ones only so
+            self.publisher.subscribe(chunk_topic(scope, tid, i))
         self._changed()
         log.info(
             "update %s: receiving %s v%d (%d bytes, %d chunks) from %s",
@@ -206,7 +286,8 @@ class Receiver:
             self._chunk_count = 0
             self._queued = set()
         # Stop the broker re-sending this transfer's retained chunks after every reconnect.
-        self.publisher.unsubscribe(chunk_topic(cur.scope, cur.offer.transfer_id, "+"))
+        for i in range(len(cur.offer.chunks)):
+            self.publisher.unsubscribe(chunk_topic(cur.scope, cur.offer.transfer_id, i))
         self._changed()
 
     def _drop(self, reason: str, *, answer: bool = False) -> None:

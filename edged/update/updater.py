@@ -117,6 +117,8 @@ class Updater:
             refuse=lambda offer, reason: self._answer(offer, REJECTED, reason),
             complete=self._install,
             changed=self._publish_model,
+            request_topic=self.topics.update_request,
+            hello=self._hello,
         )
         self._keys: list[Ed25519PublicKey] | None = None
         self._stop = threading.Event()
@@ -538,6 +540,17 @@ class Updater:
     ) -> None:  # fmt: skip
         payload = result_payload(self.device, tid, name, version, status, reason, **extra)
         self.publisher.publish(self.topics.update_result, payload.to_bytes(), qos=1)
+
+    def _hello(self) -> dict[str, Any]:
+        """Who this device is, for its requests on ``update/request`` (edged.update.receiver)."""
+        active = self.state.active
+        return {
+            "device": self.device,
+            "groups": list(self.ucfg.groups),
+            "active": None
+            if active is None
+            else {"name": active.name, "version": active.version, "sha256": active.sha256},
+        }
 
     def _publish_model(self) -> None:
         cur = self.receiver.current
