@@ -81,7 +81,14 @@ def start_daemon(tmp_path: Path) -> Iterator[Callable[..., DaemonProcess]]:
 # starts one belongs here; tests/soak.py and `edged bench` start their own: their tests are
 # marked by hand); `pytest -m "not broker"` is the fast tier (in-memory MQTT: tests/memory.py).
 BROKER_FIXTURES = frozenset(
-    {"mosquitto_factory", "broker", "subscriber_factory", "start_daemon", "demo_env"}
+    {
+        "mosquitto_factory",
+        "broker",
+        "subscriber_factory",
+        "start_daemon",
+        "demo_env",
+        "rabbit_cluster",
+    }
 )
 
 
