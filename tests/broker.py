@@ -329,7 +329,7 @@ class Subscriber:
         self.client.on_message = self._on_message
         kwargs: dict[str, Any] = {}
         if v5:
-            props = Properties(PacketTypes.CONNECT)
+            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]  # paho: unannotated
             if persistent:
                 props.SessionExpiryInterval = 3600
             kwargs = {"clean_start": mqtt.MQTT_CLEAN_START_FIRST_ONLY, "properties": props}

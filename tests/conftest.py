@@ -77,6 +77,27 @@ def start_daemon(tmp_path: Path) -> Iterator[Callable[..., DaemonProcess]]:
         p.close()
 
 
+# -- tiers: a test that needs a real broker is marked `broker` by its fixtures (a fixture that
+# starts one belongs here; tests/soak.py and `edged bench` start their own: their tests are
+# marked by hand); `pytest -m "not broker"` is the fast tier (in-memory MQTT: tests/memory.py).
+BROKER_FIXTURES = frozenset(
+    {
+        "mosquitto_factory",
+        "broker",
+        "subscriber_factory",
+        "start_daemon",
+        "demo_env",
+        "rabbit_cluster",
+    }
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if BROKER_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.broker)
+
+
 # -- Hypothesis profiles: "ci" (default, short: the whole CI stays well under its budget) and
 # "deep" (a local fuzz campaign): HYPOTHESIS_PROFILE=deep pytest tests/test_fuzz_handlers.py
 _SLOW_OK = [HealthCheck.too_slow, HealthCheck.function_scoped_fixture, HealthCheck.data_too_large]

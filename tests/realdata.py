@@ -1,7 +1,7 @@
 """Where the real third-party models and photos live, and the marks for tests that need them.
 
 ``REALDATA`` is ``../shared/realdata`` relative to the repository root (override with the
-``EDGED_REALDATA`` environment variable). Tests that read it use ``pytestmark = realdata`` (or
+``EDGEDTEST_REALDATA`` environment variable). Tests that read it use ``pytestmark = realdata`` (or
 ``@pytest.mark.realdata`` plus ``@requires_realdata``) and are skipped when it is absent.
 """
 
@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 REALDATA = Path(
-    os.environ.get("EDGED_REALDATA")
+    os.environ.get("EDGEDTEST_REALDATA")
     or Path(__file__).resolve().parents[1].parent / "shared" / "realdata"
 )
 MODELS = REALDATA / "models"

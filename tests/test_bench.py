@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -13,8 +14,10 @@ from edged.model.runtime import available_backends
 from tests.daemon import DEMO_MODEL, ROOT
 from tests.realdata import MODELS, requires_realdata
 
+pytestmark = pytest.mark.broker  # edged bench starts its own broker
 
-def _bench(model: Path, *args: str) -> dict:
+
+def _bench(model: Path, *args: str) -> dict[str, Any]:
     out = subprocess.run(
         [sys.executable, "-m", "edged", "bench", str(model), "--threads", "1", *args],
         capture_output=True,
@@ -24,7 +27,8 @@ def _bench(model: Path, *args: str) -> dict:
     )
     assert out.returncode == 0, out.stderr
     assert "bare fps" in out.stderr  # the readable table
-    return json.loads(out.stdout)
+    report: dict[str, Any] = json.loads(out.stdout)
+    return report
 
 
 def test_report_has_every_figure() -> None:

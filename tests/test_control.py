@@ -232,34 +232,4 @@ def test_each_setting_changes_what_a_subscriber_sees(
     assert "control message refused" in d.log()
 
 
-def test_persist_survives_a_restart_and_reset_forgets(
-    tmp_path: Path,
-    broker: Mosquitto,
-    operator: Operator,
-    start_daemon: Callable[..., DaemonProcess],
-) -> None:
-    op = operator
-    cfg = _looping(tmp_path, broker, stats={"interval_s": 0})
-    overrides = Path(cfg["state_dir"]) / "overrides.json"
-    d = start_daemon(cfg)
-    op.predictions_after(0, 1, 20)
-    answer = op.send({"model": {"top_k": 1}, "persist": True})
-    assert (answer["ok"], answer["persisted"]) == (True, True)
-    assert json.loads(overrides.read_text()) == {"model": {"top_k": 1}}
-    # Not persisted: lost at the restart.
-    answer = op.send({"publish": {"mode": "change", "agree_n": 2, "agree_m": 2}})
-    assert (answer["ok"], answer["persisted"]) == (True, False)
-    assert json.loads(overrides.read_text()) == {"model": {"top_k": 1}}
-    assert d.terminate()[0] == 0
-
-    op.sub.clear()
-    d2 = start_daemon(cfg)
-    events = op.predictions_after(0, 4, 20)
-    assert all(len(e["top"]) == 1 and e["reason"] == "every" for e in events), events
-    assert f"settings from {overrides}" in d2.log()
-
-    answer = op.send({"command": "reset"})
-    assert answer["ok"] and answer["applied"] == {"command": "reset"}
-    assert not overrides.exists()
-    events = op.predictions_after(op.n_predictions(), 3)
-    assert all(len(e["top"]) == 3 for e in events)
+# test_persist_survives_a_restart_and_reset_forgets: on the fast tier, tests/test_fast_daemon.py

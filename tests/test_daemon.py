@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.broker import Mosquitto, Subscriber
-from tests.daemon import SAMPLES, demo_config
+from tests.daemon import SAMPLES, DaemonProcess, demo_config
 
 TOPIC = "edged/cam-1"
 
@@ -21,7 +21,10 @@ def _events(sub: Subscriber, n: int, timeout: float = 20) -> list[dict[str, Any]
 
 
 def test_every_sample_is_published_with_the_documented_event(
-    tmp_path: Path, broker: Mosquitto, subscriber_factory: Callable[..., Subscriber], start_daemon
+    tmp_path: Path,
+    broker: Mosquitto,
+    subscriber_factory: Callable[..., Subscriber],
+    start_daemon: Callable[..., DaemonProcess],
 ) -> None:
     sub = subscriber_factory(broker, f"{TOPIC}/#")
     d = start_daemon(demo_config(tmp_path, broker))
@@ -50,7 +53,10 @@ def test_every_sample_is_published_with_the_documented_event(
 
 
 def test_late_subscriber_sees_retained_state_and_availability(
-    tmp_path: Path, broker: Mosquitto, subscriber_factory: Callable[..., Subscriber], start_daemon
+    tmp_path: Path,
+    broker: Mosquitto,
+    subscriber_factory: Callable[..., Subscriber],
+    start_daemon: Callable[..., DaemonProcess],
 ) -> None:
     d = start_daemon(demo_config(tmp_path, broker))
     assert d.wait(30) == 0, d.log()
@@ -63,7 +69,10 @@ def test_late_subscriber_sees_retained_state_and_availability(
 
 
 def test_kill_9_leaves_offline_by_last_will(
-    tmp_path: Path, broker: Mosquitto, subscriber_factory: Callable[..., Subscriber], start_daemon
+    tmp_path: Path,
+    broker: Mosquitto,
+    subscriber_factory: Callable[..., Subscriber],
+    start_daemon: Callable[..., DaemonProcess],
 ) -> None:
     sub = subscriber_factory(broker, f"{TOPIC}/availability")
     cfg = demo_config(tmp_path, broker, source={"loop": True, "fps": 5})
@@ -76,7 +85,10 @@ def test_kill_9_leaves_offline_by_last_will(
 
 
 def test_sigterm_finishes_publishes_stopped_and_exits_0_within_2s(
-    tmp_path: Path, broker: Mosquitto, subscriber_factory: Callable[..., Subscriber], start_daemon
+    tmp_path: Path,
+    broker: Mosquitto,
+    subscriber_factory: Callable[..., Subscriber],
+    start_daemon: Callable[..., DaemonProcess],
 ) -> None:
     sub = subscriber_factory(broker, f"{TOPIC}/#")
     d = start_daemon(demo_config(tmp_path, broker, source={"loop": True, "fps": 10}))
@@ -88,7 +100,10 @@ def test_sigterm_finishes_publishes_stopped_and_exits_0_within_2s(
 
 
 def test_change_mode_publishes_only_stable_changes(
-    tmp_path: Path, broker: Mosquitto, subscriber_factory: Callable[..., Subscriber], start_daemon
+    tmp_path: Path,
+    broker: Mosquitto,
+    subscriber_factory: Callable[..., Subscriber],
+    start_daemon: Callable[..., DaemonProcess],
 ) -> None:
     frames = tmp_path / "frames"
     frames.mkdir()
@@ -111,7 +126,10 @@ def test_change_mode_publishes_only_stable_changes(
 
 
 def test_source_fault_is_reported_and_the_daemon_recovers(
-    tmp_path: Path, broker: Mosquitto, subscriber_factory: Callable[..., Subscriber], start_daemon
+    tmp_path: Path,
+    broker: Mosquitto,
+    subscriber_factory: Callable[..., Subscriber],
+    start_daemon: Callable[..., DaemonProcess],
 ) -> None:
     empty = tmp_path / "incoming"
     empty.mkdir()
@@ -136,7 +154,10 @@ def test_source_fault_is_reported_and_the_daemon_recovers(
 
 
 def test_publishing_continues_across_a_broker_restart(
-    tmp_path: Path, broker: Mosquitto, subscriber_factory: Callable[..., Subscriber], start_daemon
+    tmp_path: Path,
+    broker: Mosquitto,
+    subscriber_factory: Callable[..., Subscriber],
+    start_daemon: Callable[..., DaemonProcess],
 ) -> None:
     cfg = demo_config(tmp_path, broker, source={"loop": True, "fps": 10})
     d = start_daemon(cfg)

@@ -153,7 +153,11 @@ def test_discovery_announces_reannounces_on_birth_and_removes_on_request(
     # Each template reads a field the daemon really publishes on its state topic.
     last: dict[str, Received] = {}
     for topic in (f"{TOPIC}/prediction", f"{TOPIC}/stats", f"{TOPIC}/state"):
-        last[topic] = sub.wait_for(lambda m, t=topic: m.topic == t, 10)
+
+        def on_topic(m: Received, t: str = topic) -> bool:
+            return m.topic == t
+
+        last[topic] = sub.wait_for(on_topic, 10)
     assert render(payloads["score"]["value_template"], last[f"{TOPIC}/prediction"].payload)
     attrs = json.loads(
         render(payloads["label"]["json_attributes_template"], last[f"{TOPIC}/prediction"].payload)

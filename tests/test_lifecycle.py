@@ -14,6 +14,7 @@ import textwrap
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -23,7 +24,7 @@ from tests.daemon import ROOT, DaemonProcess, demo_config, write_config
 TOPIC = "edged/cam-1"
 
 
-def _predictions(sub: Subscriber) -> list[dict[str, object]]:
+def _predictions(sub: Subscriber) -> list[dict[str, Any]]:
     return [json.loads(m.payload) for m in sub.messages if m.topic == f"{TOPIC}/prediction"]
 
 
@@ -52,7 +53,7 @@ def test_sighup_reloads_the_config_in_place_keeping_seq_and_availability(
     cfg = _looping(tmp_path, broker, model={"top_k": 3})
     d = start_daemon(cfg)
     sub.wait_count(5, 30, lambda m: m.topic == f"{TOPIC}/prediction")
-    assert all(len(p["top"]) == 3 for p in _predictions(sub))  # type: ignore[arg-type]
+    assert all(len(p["top"]) == 3 for p in _predictions(sub))
 
     # A broken config: refused, the daemon goes on unchanged.
     config_path = d.log_path.with_suffix(".toml")

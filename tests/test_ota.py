@@ -29,7 +29,8 @@ FRAMES = sorted(p.name for p in SAMPLES.glob("*.png"))
 
 
 def _json(m: Received) -> dict[str, Any]:
-    return json.loads(m.payload)
+    data: dict[str, Any] = json.loads(m.payload)
+    return data
 
 
 class Ota:

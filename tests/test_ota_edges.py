@@ -31,12 +31,6 @@ from tools import status as status_tool
 Start = Callable[..., DaemonProcess]
 
 
-@pytest.fixture(autouse=True)
-def _no_realdata_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The daemons started here would read EDGED_REALDATA as a config key (EDGED_*)."""
-    monkeypatch.delenv("EDGED_REALDATA", raising=False)
-
-
 @pytest.fixture(scope="module")
 def keys(tmp_path_factory: pytest.TempPathFactory) -> Keys:
     return make_keys(tmp_path_factory.mktemp("keys"))

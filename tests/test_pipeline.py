@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 
 from edged.app.daemon import Daemon
-from edged.config import Config, FilesSource, ModelConfig, MqttConfig, PublishConfig
+from edged.config import Config, FilesSource, ModelConfig, PublishConfig
 from edged.frames.pipeline import PostStage, Preparer
 from edged.infra.sdnotify import Notifier
 from edged.model.classifier import Classifier
 from edged.sources.base import Frame
-from tests.broker import Mosquitto
 from tests.daemon import DEMO_MODEL, SAMPLES
+from tests.memory import use_memory_publisher
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +91,12 @@ def test_paused_or_unpreparable_frames_are_left_to_the_frame_loop(clf: Classifie
 
 def test_post_stage_keeps_order_and_finishes_everything_on_close() -> None:
     done: list[int] = []
-    stage: PostStage[int] = PostStage(lambda i: (time.sleep(0.001), done.append(i)), lambda: None)
+
+    def work(i: int) -> None:
+        time.sleep(0.001)
+        done.append(i)
+
+    stage: PostStage[int] = PostStage(work, lambda: None)
     stage.start()
     for i in range(50):
         stage.submit(i)
@@ -101,7 +106,11 @@ def test_post_stage_keeps_order_and_finishes_everything_on_close() -> None:
 
 def test_post_stage_applies_back_pressure() -> None:
     gate = threading.Event()
-    stage: PostStage[int] = PostStage(lambda i: gate.wait(5), lambda: None, depth=2)
+
+    def work(i: int) -> None:
+        gate.wait(5)
+
+    stage: PostStage[int] = PostStage(work, lambda: None, depth=2)
     stage.start()
     submitted: list[int] = []
 
@@ -142,15 +151,15 @@ def test_post_stage_error_stops_and_is_kept() -> None:
 
 
 def test_daemon_raises_an_error_from_the_post_thread(
-    broker: Mosquitto, clf: Classifier, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    clf: Classifier, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     """An exception while publishing a result is not lost in a thread: run() raises it."""
+    broker = use_memory_publisher(monkeypatch)
     cfg = Config(
         device_id="cam-1",
         state_dir=tmp_path / "state",
         source=FilesSource(path=str(SAMPLES), fps=50, loop=True),
         model=ModelConfig(path=DEMO_MODEL),
-        mqtt=MqttConfig(host=broker.host, port=broker.port),
         publish=PublishConfig(mode="every", spool=False),
     )
     daemon = Daemon(cfg, classifier=clf, notifier=Notifier({}))
@@ -170,6 +179,7 @@ def test_daemon_raises_an_error_from_the_post_thread(
     assert (
         time.monotonic() - started < 5 and daemon.seq == 4
     )  # the warm-up inference was the first call
+    assert len(broker.on("edged/cam-1/prediction")) == 4
 
 
 def test_inline_post_stage_finishes_in_the_caller() -> None:
@@ -184,8 +194,9 @@ def test_inline_post_stage_finishes_in_the_caller() -> None:
 
 @pytest.mark.parametrize(("threads", "overlap"), [(1, True), (0, False)])
 def test_daemon_overlaps_only_with_a_core_to_spare(
-    broker: Mosquitto, clf: Classifier, threads: int, overlap: bool, tmp_path: Path
+    clf: Classifier, threads: int, overlap: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    use_memory_publisher(monkeypatch)
     if os.cpu_count() == 1 and overlap:
         pytest.skip("one core: nothing to overlap on")
     cfg = Config(
@@ -193,7 +204,6 @@ def test_daemon_overlaps_only_with_a_core_to_spare(
         state_dir=tmp_path / "state",
         source=FilesSource(path=str(SAMPLES)),
         model=ModelConfig(path=DEMO_MODEL, threads=threads),
-        mqtt=MqttConfig(host=broker.host, port=broker.port),
         publish=PublishConfig(spool=False),
     )
     daemon = Daemon(cfg, classifier=clf, notifier=Notifier({}))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import re
 import socket
 import time
@@ -16,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from edged.config import StatsConfig, parse_config
+from edged.config import Config, FilesSource, StatsConfig, parse_config
 from edged.errors import ConfigError
 from edged.features.stats import (
     FIRST_SNAPSHOT_S,
@@ -29,6 +30,8 @@ from edged.features.stats import (
 )
 from tests.broker import Mosquitto, Subscriber, free_port
 from tests.daemon import ROOT, DaemonProcess, demo_config
+from tests.fakes import make_config
+from tests.memory import in_memory_daemon
 
 TOPIC = "edged/cam-1"
 STATS_KEYS = {
@@ -166,41 +169,45 @@ def test_stats_are_published_retained_with_sane_numbers_and_served_to_prometheus
         pass  # closed with the daemon
 
 
+def _memory_config(tmp_path: Path, **sections: Any) -> Config:
+    cfg = make_config(tmp_path / "state", **sections)
+    assert isinstance(cfg.source, FilesSource)
+    cfg.source.fps = 10
+    return cfg
+
+
 def test_the_first_snapshot_comes_soon_after_start(
-    tmp_path: Path,
-    broker: Mosquitto,
-    subscriber_factory: Callable[..., Subscriber],
-    start_daemon: Callable[..., DaemonProcess],
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The first snapshot comes FIRST_SNAPSHOT_S after start, with this run's frames in it,
     though the interval is longer; the next one a whole interval later, nothing between."""
     interval = 8.0
     assert interval > FIRST_SNAPSHOT_S + 2  # else the two could not be told apart
-    sub = subscriber_factory(broker, f"{TOPIC}/stats")
-    cfg = demo_config(
-        tmp_path, broker, source={"loop": True, "fps": 10}, stats={"interval_s": interval}
-    )
-    d = start_daemon(cfg)
-    msgs = sub.wait_count(2, FIRST_SNAPSHOT_S + interval + 10)
-    first, second = (json.loads(m.payload) for m in msgs[:2])
+    cfg = _memory_config(tmp_path, stats={"interval_s": interval})
+    assert isinstance(cfg.source, FilesSource)
+    cfg.source.loop = True
+    with in_memory_daemon(cfg, monkeypatch) as (_d, broker):
+        broker.wait_for(
+            lambda m: len(broker.on(f"{TOPIC}/stats")) >= 2, FIRST_SNAPSHOT_S + interval + 10
+        )
+        first, second = (m.json() for m in broker.on(f"{TOPIC}/stats")[:2])
     assert FIRST_SNAPSHOT_S - 0.5 < first["uptime_s"] < FIRST_SNAPSHOT_S + 2, first
     assert first["frames"]["processed"] >= 10 and 3 <= first["fps"] <= 12, first
     assert interval - 1 < second["uptime_s"] - first["uptime_s"] < interval + 1.5, second
-    assert d.terminate()[0] == 0
+    assert broker.on(f"{TOPIC}/stats")[0].retain
 
 
 def test_stats_interval_0_publishes_nothing_until_asked(
-    tmp_path: Path,
-    broker: Mosquitto,
-    subscriber_factory: Callable[..., Subscriber],
-    start_daemon: Callable[..., DaemonProcess],
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    sub = subscriber_factory(broker, f"{TOPIC}/#")
-    d = start_daemon(demo_config(tmp_path, broker, stats={"interval_s": 0}))
-    assert d.wait(30) == 0, d.log()
-    assert sub.wait_for(lambda m: m.topic == f"{TOPIC}/prediction")
-    assert not [m for m in sub.messages if m.topic == f"{TOPIC}/stats"]
-    assert "metrics on" not in d.log()
+    cfg = _memory_config(tmp_path, stats={"interval_s": 0})
+    with caplog.at_level(logging.INFO), in_memory_daemon(cfg, monkeypatch) as (_d, broker):
+        stopped = broker.wait_for(
+            lambda m: m.topic == f"{TOPIC}/availability" and m.payload == b"stopped", 30
+        )  # the samples, once each, then the daemon ends by itself
+    assert stopped.retain and broker.on(f"{TOPIC}/prediction")
+    assert not broker.on(f"{TOPIC}/stats")
+    assert "stopped after" in caplog.text and "metrics on" not in caplog.text
 
 
 def test_the_documented_example_has_the_published_keys() -> None:
@@ -261,7 +268,7 @@ def test_intervals_percentiles_and_exposition(tmp_path: Path) -> None:
     assert values["edged_inference_seconds_count"] == 100
     assert values["edged_inference_seconds_sum"] == pytest.approx(5.05)
     info = families["edged_model_info"]["samples"][0][1]
-    assert info == '{name="a \\"quoted\\"\\nname",version="",sha256="' + "0" * 64 + '"}'
+    assert info == '{name="a \\"quoted\\"\\nname",sha256="' + "0" * 64 + '",version=""}'
 
     thermal.write_text("garbage")
     assert cpu_temperature(thermal) is None
@@ -312,7 +319,7 @@ def test_stats_config_is_validated() -> None:
         ({"interval_s": 0.1}, "stats.interval_s: must be 0 (off) or at least 0.5"),
         ({"interval_s": -1}, "stats.interval_s: Input should be greater than or equal to 0"),
         ({"prometheus_port": 70000}, "stats.prometheus_port: Input should be less than 65536"),
-        ({"listen": "0.0.0.0"}, "stats.listen: Extra inputs are not permitted"),
+        ({"listen": "0.0.0.0"}, "stats.listen: unknown key"),
     ]:
         with pytest.raises(ConfigError) as exc:
             parse_config({**base, "stats": patch}, {})

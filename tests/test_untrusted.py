@@ -279,8 +279,11 @@ def test_birth_flood_announces_at_most_once_per_interval(tmp_path: Path) -> None
 def test_status_payloads_other_than_online_are_ignored(tmp_path: Path, payload: bytes) -> None:
     pub = FakePublisher()
     ha = Discovery(
-        make_config(tmp_path).homeassistant, pub, diagnostics=False, cpu_temperature=False
-    )  # type: ignore[arg-type]
+        make_config(tmp_path).homeassistant,
+        pub,  # type: ignore[arg-type]  # the facade's methods, not the class (as above)
+        diagnostics=False,
+        cpu_temperature=False,
+    )
     ha.on_message(ha.status_topic, payload)
     ha.poll(_info())
     assert ha.announcements == (1 if payload.strip() == b"online" else 0)
@@ -400,14 +403,15 @@ def test_oversized_config_file_is_refused(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("env", "expected"),
     [
-        ({"EDGED_MQTT__PORT": "[" * 5000 + "]" * 5000}, "mqtt.port"),
-        ({"EDGED_MQTT__PORT": "[" * 500 + "]" * 500}, "nested deeper than"),
-        ({"EDGED_PUBLISH__HEARTBEAT_S": "nan"}, "publish.heartbeat_s: Input should be a finite number"),
-        ({"EDGED_PUBLISH__HEARTBEAT_S": "1e999"}, "publish.heartbeat_s: Input should be a finite number"),
-        ({"EDGED_PUBLISH__AGREE_M": "9" * 4000}, "publish.agree_m"),
-        ({"EDGED_MQTT__TOPIC_PREFIX": "a\udcff"}, "mqtt.topic_prefix"),
-        ({"EDGED_MQTT__HOST": "h" * 100_000}, "longer than"),
-        ({"EDGED_" + "A__" * 100 + "B": "1"}, None),
+        ({"EDGED_MQTT__PORT": "[" * 5000 + "]" * 5000}, "EDGED_MQTT__PORT: Input should be a valid integer"),
+        ({"EDGED_MODEL__MEAN": "[" * 5000 + "]" * 5000}, "EDGED_MODEL__MEAN: nested deeper than"),
+        ({"EDGED_MODEL__MEAN": "[" * 500 + "]" * 500}, "EDGED_MODEL__MEAN: nested deeper than"),
+        ({"EDGED_PUBLISH__HEARTBEAT_S": "nan"}, "EDGED_PUBLISH__HEARTBEAT_S: Input should be a finite number"),
+        ({"EDGED_PUBLISH__HEARTBEAT_S": "1e999"}, "EDGED_PUBLISH__HEARTBEAT_S: Input should be a finite number"),
+        ({"EDGED_PUBLISH__AGREE_M": "9" * 4000}, "EDGED_PUBLISH__AGREE_M"),
+        ({"EDGED_MQTT__TOPIC_PREFIX": "a\udcff"}, "EDGED_MQTT__TOPIC_PREFIX"),
+        ({"EDGED_MQTT__HOST": "h" * 100_000}, "EDGED_MQTT__HOST: longer than"),
+        ({"EDGED_" + "A__" * 100 + "B": "1"}, ": unknown key"),
     ],
 )  # fmt: skip
 def test_hostile_environment_gives_one_line_errors(

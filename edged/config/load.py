@@ -1,28 +1,38 @@
 """Loading the configuration: TOML, environment overrides, validation, relative paths.
 
-``EDGED_MQTT__HOST=broker`` overrides ``[mqtt] host``; a double underscore separates levels.
+``EDGED_MQTT__HOST=broker`` overrides ``[mqtt] host``; a double underscore separates levels
+(:mod:`edged.config.env`). Precedence, lowest first: defaults, the file, the environment.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
+from edged.config.env import (
+    ENV_PREFIX,
+    MAX_DEPTH,
+    MAX_ENV_VALUE,
+    Override,
+    depth,
+    keys_at,
+    nearest,
+    read_environment,
+)
 from edged.config.models import Config, FilesSource
 from edged.errors import ConfigError
 from edged.infra.guard import one_line
 from edged.infra.util import deep_merge
 
-ENV_PREFIX = "EDGED_"
+__all__ = ["ENV_PREFIX", "MAX_CONFIG_BYTES", "MAX_DEPTH", "MAX_ENV_VALUE"]
+
 MAX_CONFIG_BYTES = 1024 * 1024  # a larger config file is refused
-MAX_ENV_VALUE = 64 * 1024  # a longer EDGED_* value is refused
-MAX_DEPTH = 16  # nesting of tables and arrays (the schema needs 4)
+MAX_PROBLEMS = 20  # lines reported; the rest are counted
 
 # Union members pydantic names in an error's location (``source.device.int``): not keys.
 _UNION_TAGS = frozenset(
@@ -30,78 +40,95 @@ _UNION_TAGS = frozenset(
 )
 
 
-def format_validation_error(err: ValidationError) -> list[str]:
+def _where(loc: list[str], overrides: Sequence[Override]) -> tuple[str, Override | None]:
+    """Where a problem is, as its line starts: the variable whose value holds ``loc`` (with the
+    key path when it lies deeper inside the value), else the key path."""
+    dotted = one_line(".".join(one_line(p, 64) for p in loc), 200) or "(top level)"
+    inside = [o for o in overrides if o.holds(loc)]
+    if not inside:
+        return dotted, None
+    var = max(inside, key=lambda o: len(o.path))
+    return (var.name if list(var.path) == loc else f"{var.name} ({dotted})"), var
+
+
+def _involved(loc: list[str], kind: str, overrides: Sequence[Override]) -> list[str]:
+    """Variables that set keys under a table whose problem this is (``publish: agree_n must not
+    exceed agree_m`` when ``EDGED_PUBLISH__AGREE_N`` is set)."""
+    scope = loc[:-1] if kind == "missing" else loc
+    if not scope:
+        return []
+    return [o.name for o in overrides if list(o.path[: len(scope)]) == scope]
+
+
+def format_validation_error(
+    err: ValidationError,
+    root: type[BaseModel] | None = None,
+    overrides: Sequence[Override] = (),
+) -> list[str]:
+    """One line per problem: ``key.path: message``. With ``root`` (the validated model), an
+    unknown key is ``unknown key`` and names the nearest known one; with ``overrides``, a problem
+    inside an environment variable's value starts with the variable's name."""
     problems: dict[str, list[str]] = {}
     for e in err.errors():
-        loc = [str(p) for p in e["loc"]]
+        raw = list(e["loc"])
+        loc = [str(p) for p in raw]
         # Drop discriminator tags pydantic inserts (e.g. source.files.path -> source.path).
         if len(loc) >= 2 and loc[0] == "source" and loc[1] in ("files", "opencv", "picamera2"):
             loc = [loc[0], *loc[2:]]
         if len(loc) >= 2 and loc[-1] in _UNION_TAGS:
             loc = loc[:-1]  # one problem, one line: the members' messages are joined
-        path = one_line(".".join(one_line(p, 64) for p in loc), 200) or "(top level)"
+        where, var = _where(loc, overrides)
         msg = one_line(e["msg"].replace("Value error, ", ""), 300)
-        problems.setdefault(path, [])
-        if msg not in problems[path]:
-            problems[path].append(msg)
-    lines = [f"{path}: {'; or '.join(msgs)}" for path, msgs in problems.items()]
-    return lines if len(lines) <= 20 else [*lines[:20], f"(and {len(lines) - 20} more problems)"]
+        if root is not None and e["type"] == "extra_forbidden" and loc:
+            near = nearest(loc[-1], keys_at(root, raw[:-1]))
+            msg = "unknown key"
+            if near is not None and var is not None and list(var.path) == loc:
+                msg += f"; did you mean {ENV_PREFIX}{'__'.join(p.upper() for p in loc[:-1])}"
+                msg += f"{'__' if len(loc) > 1 else ''}{near.upper()}?"
+            elif near is not None:
+                msg += f"; did you mean {one_line('.'.join([*loc[:-1], near]), 200)}?"
+        if var is None and (names := _involved(loc, e["type"], overrides)):
+            msg += f" (from {', '.join(names[:3])}{', ...' if len(names) > 3 else ''})"
+        problems.setdefault(where, [])
+        if msg not in problems[where]:
+            problems[where].append(msg)
+    return capped([f"{where}: {'; or '.join(msgs)}" for where, msgs in problems.items()])
 
 
-def _depth(obj: Any) -> int:
-    """Nesting depth of dicts/lists, without recursion."""
-    deepest, stack = 0, [(obj, 0)]
-    while stack:
-        node, depth = stack.pop()
-        if isinstance(node, dict | list):
-            depth += 1
-            deepest = max(deepest, depth)
-            if depth <= MAX_DEPTH:
-                stack.extend(
-                    (v, depth) for v in (node.values() if isinstance(node, dict) else node)
-                )
-    return deepest
+def capped(lines: list[str]) -> list[str]:
+    """At most ``MAX_PROBLEMS`` lines, then how many more there are."""
+    if len(lines) <= MAX_PROBLEMS:
+        return lines
+    return [*lines[:MAX_PROBLEMS], f"(and {len(lines) - MAX_PROBLEMS} more problems)"]
 
 
 def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
-    """``EDGED_A__B=v`` -> ``{"a": {"b": v}}``; JSON values (lists, numbers, true) are decoded."""
-    tree: dict[str, Any] = {}
-    for key, raw in environ.items():
-        if not key.startswith(ENV_PREFIX) or key == "EDGED_CONFIG":
-            continue
-        parts = [p.lower() for p in key[len(ENV_PREFIX) :].split("__")]
-        if not all(parts) or len(parts) > MAX_DEPTH:
-            continue
-        if len(raw) > MAX_ENV_VALUE:
-            raise ConfigError([f"{one_line(key, 64)}: longer than {MAX_ENV_VALUE} characters"])
-        value: Any = raw
-        if raw[:1] in "[{":
-            try:
-                value = json.loads(raw)
-            except (ValueError, RecursionError):  # kept as text: validation names the key
-                value = raw
-            if _depth(value) > MAX_DEPTH:
-                raise ConfigError([f"{one_line(key, 64)}: nested deeper than {MAX_DEPTH} levels"])
-        node = tree
-        for p in parts[:-1]:
-            child = node.setdefault(p, {})
-            if not isinstance(child, dict):
-                child = node[p] = {}
-            node = child
-        node[parts[-1]] = value
+    """``EDGED_A__B=v`` -> ``{"a": {"b": v}}`` (JSON values of tables and lists decoded);
+    :class:`ConfigError` naming each variable that is unknown or too large."""
+    tree, _, problems = read_environment(environ)
+    if problems:
+        raise ConfigError(capped(problems))
     return tree
 
 
 def parse_config(data: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> Config:
-    merged = deep_merge(dict(data), env_overrides(os.environ if environ is None else environ))
-    if _depth(merged) > MAX_DEPTH:
-        raise ConfigError([f"(top level): nested deeper than {MAX_DEPTH} levels"])
+    """Validate ``data`` (a parsed file) with the ``EDGED_*`` variables of ``environ`` (default:
+    the process environment) over it."""
+    tree, overrides, problems = read_environment(os.environ if environ is None else environ)
+    merged = deep_merge(data, tree)  # without the variables refused: their problems are reported
+    if depth(merged) > MAX_DEPTH:
+        raise ConfigError(
+            capped([*problems, f"(top level): nested deeper than {MAX_DEPTH} levels"])
+        )
     try:
-        return Config.model_validate(merged)
+        cfg = Config.model_validate(merged)
     except ValidationError as err:
-        raise ConfigError(format_validation_error(err)) from None
+        problems += format_validation_error(err, Config, overrides)
     except (RecursionError, ValueError, TypeError, OverflowError) as err:
-        raise ConfigError([f"(top level): {one_line(err)}"]) from None
+        problems.append(f"(top level): {one_line(err)}")
+    if problems:
+        raise ConfigError(capped(problems))
+    return cfg
 
 
 def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Config:

@@ -10,10 +10,12 @@ counters through ``probe``, the publisher's counters, the process's resident mem
 ``null`` where there is none). Each snapshot closes an *interval*: ``fps`` and the inference
 time percentiles cover the frames classified since the previous snapshot.
 
-The Prometheus endpoint (``[stats] prometheus_port``, off by default) is a stdlib
-``http.server`` thread serving ``GET /metrics`` in the text exposition format (version 0.0.4),
-bound to ``127.0.0.1`` unless ``prometheus_host`` says otherwise. Counters are read live at
-each scrape; the inference summary and ``edged_fps`` are those of the last closed interval.
+The Prometheus endpoint (``[stats] prometheus_port``, off by default) is prometheus-client's
+``MetricsHandler`` on a stdlib ``http.server`` thread, serving ``GET /metrics`` only (text
+exposition format 0.0.4, or OpenMetrics when asked), bound to ``127.0.0.1`` unless
+``prometheus_host`` says otherwise. Its registry is the daemon's own (never prometheus-client's
+global one) and holds one collector that reads the counters live at each scrape; the inference
+summary and ``edged_fps`` are those of the last closed interval.
 """
 
 from __future__ import annotations
@@ -24,14 +26,18 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edged.config import StatsConfig
 from edged.infra import events
 from edged.protocol import payloads as wire
+
+if TYPE_CHECKING:  # imported when metrics are first asked for (Stats.registry)
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.core import Metric
 
 log = logging.getLogger("edged.stats")
 
@@ -39,7 +45,7 @@ THERMAL_ZONE = Path("/sys/class/thermal/thermal_zone0/temp")
 SAMPLES_MAX = 4096  # classify times kept per interval (the newest, when frames are faster)
 IDLE_WINDOW_S = 60.0  # interval length when only the Prometheus endpoint is on
 FIRST_SNAPSHOT_S = 5.0  # the first snapshot comes this soon after start (or one period, if shorter)
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+MODEL_LABELS = ("name", "version", "sha256")  # edged_model_info's labels
 
 
 def cpu_temperature(path: Path = THERMAL_ZONE) -> float | None:
@@ -131,6 +137,7 @@ class Stats:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._server: Any = None  # http.server.ThreadingHTTPServer while serving
+        self._registry: CollectorRegistry | None = None  # made on first use (registry)
         self._server_thread: threading.Thread | None = None
 
     @property
@@ -249,84 +256,116 @@ class Stats:
 
     # -- Prometheus --------------------------------------------------------------------------
 
+    @property
+    def registry(self) -> CollectorRegistry:
+        """The daemon's own registry (the endpoint serves it; prometheus-client's global one is
+        left alone), holding one collector that reads this object at each scrape.
+        prometheus-client is imported here, when metrics are first asked for."""
+        if self._registry is None:
+            from prometheus_client import CollectorRegistry
+            from prometheus_client.registry import Collector
+
+            stats = self
+
+            class Figures(Collector):
+                def collect(self) -> Iterable[Metric]:
+                    return stats.metric_families()
+
+            registry = CollectorRegistry()
+            registry.register(Figures())
+            self._registry = registry
+        return self._registry
+
     def metrics_text(self) -> str:
-        """The Prometheus text exposition of the current counters and the last interval."""
+        """The Prometheus text exposition (0.0.4) of the current counters and the last interval."""
+        from prometheus_client import generate_latest
+
+        return generate_latest(self.registry).decode("utf-8")
+
+    def metric_families(self) -> list[Metric]:
+        """The metric families of one scrape: counters read now, the last closed interval."""
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
         c = self._probe()
         with self._lock:
             totals = self._totals
             iv, count, sum_ms = totals.last, totals.count, totals.sum_ms
         mqtt = c.mqtt
         queued = max(0, mqtt.get("queued", 0) - mqtt.get("inflight", 0))
-        labels = ",".join(f'{k}="{_label(c.model.get(k))}"' for k in ("name", "version", "sha256"))
-        families: list[tuple[str, str, str, list[tuple[str, float | None]]]] = [
-            ("uptime_seconds", "gauge", "Seconds since the daemon started.",
-             [("", time.monotonic() - self.started)]),
-            ("paused", "gauge", "1 while classification is paused.", [("", int(c.paused))]),
-            ("frames_captured_total", "counter", "Frames the source delivered.",
-             [("", c.captured)]),
-            ("frames_processed_total", "counter", "Frames classified.", [("", c.processed)]),
-            ("frames_dropped_total", "counter",
-             "Frames replaced by a newer one before they were classified.", [("", c.dropped)]),
-            ("frames_skipped_total", "counter", "Unreadable inputs skipped.",
-             [("", c.skipped)]),
-            ("predictions_published_total", "counter", "Prediction events published.",
-             [("", c.predictions)]),
-            ("fps", "gauge", "Frames classified per second over the last interval.",
-             [("", iv.fps)]),
-            ("inference_seconds", "summary",
-             "Time to classify one frame (preprocess, invoke, postprocess); quantiles over the "
-             "last interval.",
-             [('{quantile="0.5"}', _seconds(iv.p50_ms)),
-              ('{quantile="0.99"}', _seconds(iv.p99_ms)),
-              ("_sum", sum_ms / 1000.0), ("_count", count)]),
-            ("mqtt_connected", "gauge", "1 while connected to the broker.",
-             [("", int(c.connected))]),
-            ("mqtt_messages_published_total", "counter",
-             "Messages the broker acknowledged (QoS 0: sent).",
-             [("", mqtt.get("published", 0))]),
-            ("mqtt_publish_failures_total", "counter",
-             "Messages rejected by the broker or undeliverable.",
-             [("", mqtt.get("failures", 0))]),
-            ("mqtt_messages_dropped_total", "counter",
-             "Messages dropped because the outbox was full (oldest first).",
-             [("", mqtt.get("dropped", 0))]),
-            ("mqtt_reconnects_total", "counter", "Reconnections to the broker.",
-             [("", mqtt.get("reconnects", 0))]),
-            ("mqtt_messages_dropped_by_broker_total", "counter",
-             "Messages the broker refused or could not take (refusal in PUBACK/PUBREC, over its "
-             "packet size limit), dropped.",
-             [("", mqtt.get("dropped_by_broker", 0))]),
-            ("mqtt_takeovers_total", "counter",
-             "Connections taken over by another client with the same client id.",
-             [("", mqtt.get("takeovers", 0))]),
-            ("mqtt_queue_depth", "gauge", "Messages waiting to be sent.", [("", queued)]),
-            ("mqtt_inflight", "gauge", "Messages sent and not yet acknowledged.",
-             [("", mqtt.get("inflight", 0))]),
+        gauge, counter = GaugeMetricFamily, CounterMetricFamily
+        summary = Metric(
+            "edged_inference_seconds",
+            "Time to classify one frame (preprocess, invoke, postprocess); quantiles over the "
+            "last interval.",
+            "summary",
+        )
+        summary.add_sample("edged_inference_seconds", {"quantile": "0.5"}, _nan(iv.p50_ms))
+        summary.add_sample("edged_inference_seconds", {"quantile": "0.99"}, _nan(iv.p99_ms))
+        summary.add_sample("edged_inference_seconds_sum", {}, sum_ms / 1000.0)
+        summary.add_sample("edged_inference_seconds_count", {}, count)
+        families: list[Metric] = [
+            gauge("edged_uptime_seconds", "Seconds since the daemon started.",
+                  value=time.monotonic() - self.started),
+            gauge("edged_paused", "1 while classification is paused.", value=int(c.paused)),
+            counter("edged_frames_captured_total", "Frames the source delivered.",
+                    value=c.captured),
+            counter("edged_frames_processed_total", "Frames classified.", value=c.processed),
+            counter("edged_frames_dropped_total",
+                    "Frames replaced by a newer one before they were classified.",
+                    value=c.dropped),
+            counter("edged_frames_skipped_total", "Unreadable inputs skipped.", value=c.skipped),
+            counter("edged_predictions_published_total", "Prediction events published.",
+                    value=c.predictions),
+            gauge("edged_fps", "Frames classified per second over the last interval.",
+                  value=iv.fps),
+            summary,
+            gauge("edged_mqtt_connected", "1 while connected to the broker.",
+                  value=int(c.connected)),
+            counter("edged_mqtt_messages_published_total",
+                    "Messages the broker acknowledged (QoS 0: sent).",
+                    value=mqtt.get("published", 0)),
+            counter("edged_mqtt_publish_failures_total",
+                    "Messages rejected by the broker or undeliverable.",
+                    value=mqtt.get("failures", 0)),
+            counter("edged_mqtt_messages_dropped_total",
+                    "Messages dropped because the outbox was full (oldest first).",
+                    value=mqtt.get("dropped", 0)),
+            counter("edged_mqtt_reconnects_total", "Reconnections to the broker.",
+                    value=mqtt.get("reconnects", 0)),
+            counter("edged_mqtt_messages_dropped_by_broker_total",
+                    "Messages the broker refused or could not take (refusal in PUBACK/PUBREC, "
+                    "over its packet size limit), dropped.",
+                    value=mqtt.get("dropped_by_broker", 0)),
+            counter("edged_mqtt_takeovers_total",
+                    "Connections taken over by another client with the same client id.",
+                    value=mqtt.get("takeovers", 0)),
+            gauge("edged_mqtt_queue_depth", "Messages waiting to be sent.", value=queued),
+            gauge("edged_mqtt_inflight", "Messages sent and not yet acknowledged.",
+                  value=mqtt.get("inflight", 0)),
         ]  # fmt: skip
         if c.spool_depth is not None:
-            families.append(("spool_depth", "gauge", "Messages held in the on-disk outbox.",
-                             [("", c.spool_depth)]))  # fmt: skip
+            families.append(gauge("edged_spool_depth", "Messages held in the on-disk outbox.",
+                                  value=c.spool_depth))  # fmt: skip
         rss = rss_bytes()
         if rss is not None:
-            families.append(("resident_memory_bytes", "gauge", "Resident memory of the daemon.",
-                             [("", rss)]))  # fmt: skip
+            families.append(gauge("edged_resident_memory_bytes", "Resident memory of the daemon.",
+                                  value=rss))  # fmt: skip
         temp = cpu_temperature(self.thermal_path)
         if temp is not None:
-            families.append(("cpu_temperature_celsius", "gauge", "CPU temperature.", [("", temp)]))
-        families.append(("model_info", "gauge", "The model classifying frames (always 1).",
-                         [(f"{{{labels}}}", 1)]))  # fmt: skip
-        out: list[str] = []
-        for name, kind, doc, samples in families:
-            out += [f"# HELP edged_{name} {doc}", f"# TYPE edged_{name} {kind}"]
-            out += [f"edged_{name}{suffix} {_number(value)}" for suffix, value in samples]
-        return "\n".join(out) + "\n"
+            families.append(gauge("edged_cpu_temperature_celsius", "CPU temperature.", value=temp))
+        info = gauge("edged_model_info", "The model classifying frames (always 1).",
+                     labels=MODEL_LABELS)  # fmt: skip
+        info.add_metric([_label(c.model.get(k)) for k in MODEL_LABELS], 1)
+        families.append(info)
+        return families
 
     def _serve(self, host: str, port: int) -> None:
-        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer  # only when enabled
+        from http.server import ThreadingHTTPServer  # only when enabled
 
-        stats = self
+        from prometheus_client import MetricsHandler
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(MetricsHandler):
+            registry = self.registry
             timeout = 5  # seconds a client may take to send its request
 
             def do_GET(self) -> None:
@@ -334,16 +373,10 @@ class Stats:
                     self.send_error(404, "only /metrics here")
                     return
                 try:
-                    body = stats.metrics_text().encode("utf-8")
+                    super().do_GET()  # renders the whole body before it sends anything
                 except Exception:
                     log.exception("metrics failed")
                     self.send_error(500)
-                    return
-                self.send_response(200)
-                self.send_header("Content-Type", CONTENT_TYPE)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass  # one line per scrape would flood the journal
@@ -372,20 +405,10 @@ def _round(ms: float | None) -> float | None:
     return None if ms is None else round(ms, 3)
 
 
-def _seconds(ms: float | None) -> float | None:
-    return None if ms is None else ms / 1000.0
-
-
-def _number(value: float | None) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "NaN"
-    if isinstance(value, bool):
-        return "1" if value else "0"
-    if isinstance(value, int):
-        return str(value)
-    return repr(float(value))
+def _nan(ms: float | None) -> float:
+    """Milliseconds as seconds; NaN for none (a quantile of an empty interval)."""
+    return math.nan if ms is None else ms / 1000.0
 
 
 def _label(value: Any) -> str:
-    text = "" if value is None else str(value)
-    return text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    return "" if value is None else str(value)

@@ -32,7 +32,10 @@ from typing import Any, Protocol
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import MalformedPacket, Properties
+from paho.mqtt.properties import (  # type: ignore[attr-defined]  # paho 2.0/2.1 define it here only
+    MalformedPacket,
+    Properties,
+)
 from paho.mqtt.reasoncodes import ReasonCode
 
 __all__ = ["LOOP_TIMEOUT_S", "PRIVATE_NAMES", "Client"]
@@ -108,10 +111,8 @@ class Client(mqtt.Client):
             super()._reconnect_wait()
             return
         target = time.monotonic() + backoff.next_delay()
-        stopping = (
-            mqtt._ConnectionState.MQTT_CS_DISCONNECTING,
-            mqtt._ConnectionState.MQTT_CS_DISCONNECTED,
-        )
+        states = mqtt._ConnectionState  # type: ignore[attr-defined]  # paho-private, in PRIVATE_NAMES
+        stopping = (states.MQTT_CS_DISCONNECTING, states.MQTT_CS_DISCONNECTED)
         while self._state not in stopping and not self._thread_terminate:
             left = target - time.monotonic()
             if left <= 0:
@@ -135,10 +136,10 @@ class Client(mqtt.Client):
         if self._protocol != mqtt.MQTTv5 or len(packet) < 3 or packet[2] < 0x80:
             return None
         (mid,) = struct.unpack("!H", packet[:2])
-        props = Properties(ptype)
+        props = Properties(ptype)  # type: ignore[no-untyped-call]  # paho: unannotated
         if len(packet) > 3:
             with contextlib.suppress(Exception):
-                props.unpack(packet[3:])
+                props.unpack(packet[3:])  # type: ignore[no-untyped-call]  # paho: unannotated
         return mid, _AnyReasonCode(ptype, identifier=packet[2]), props
 
     def _report(self, result: tuple[int, ReasonCode, Properties]) -> MQTTErrorCode:

@@ -190,7 +190,8 @@ def uint8_image(image: Any, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
         from edged.sources.images import stretch_to_uint8
 
         image = stretch_to_uint8(image)
-    return image
+    frame: np.ndarray = image  # an ndarray (checked above), whatever indexing it returned
+    return frame
 
 
 def rgb_frame(image: Any, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:

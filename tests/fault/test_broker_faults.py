@@ -135,6 +135,7 @@ SOAK_FRAMES = 15_000
 SOAK_RESTART_EVERY = 3_000
 
 
+@pytest.mark.broker  # tests/soak.py starts its own broker
 def test_short_soak_with_broker_restarts_keeps_memory_threads_and_fds_flat(
     tmp_path: Path,
 ) -> None:

@@ -185,7 +185,7 @@ def test_seq_continues_over_a_broken_spool(
 # The demo's predictions are PUBLISH packets of ~460 bytes, its stats ~570 and its Home
 # Assistant discovery messages 630-850: a limit of 520 bytes lets the predictions through and
 # refuses the others.
-LIMITS = {
+LIMITS: dict[str, tuple[str, dict[str, Any]]] = {
     "3.1.1-max_packet_size": ("3.1.1", {"max_packet_size": 520}),
     "5-message_size_limit": ("5", {"extra_conf": ["message_size_limit 480"]}),
     "5-max_packet_size": ("5", {"max_packet_size": 520}),

@@ -1,4 +1,4 @@
-"""A small fleet (``EDGED_FLEET_N``, default 8) of real daemons on one Mosquitto: a group push
+"""A small fleet (``EDGEDTEST_FLEET_N``, default 8) of real daemons on one Mosquitto: a group push
 reaches every device, a broker restart and a 30 s outage lose nothing, reconnections are
 spread, Home Assistant discovery is not re-sent, ``status`` lists the fleet in under 1 s.
 ``scripts/fleet_run.py`` runs the same scenario with N = 100 (docs/fleets.md)."""
@@ -14,8 +14,8 @@ from tests.broker import Mosquitto
 from tests.fleet.harness import fleet_broker, scenario
 from tests.update.bundles import make_keys
 
-N = int(os.environ.get("EDGED_FLEET_N", "8"))
-OUTAGE_S = float(os.environ.get("EDGED_FLEET_OUTAGE_S", "30"))
+N = int(os.environ.get("EDGEDTEST_FLEET_N", "8"))
+OUTAGE_S = float(os.environ.get("EDGEDTEST_FLEET_OUTAGE_S", "30"))
 
 
 def test_a_fleet_survives_a_push_a_restart_and_an_outage(

@@ -297,5 +297,5 @@ def test_stats_report_dropped_by_broker_and_takeovers() -> None:
     snap = stats.snapshot()["mqtt"]
     assert (snap["dropped_by_broker"], snap["takeovers"]) == (2, 4)
     text = stats.metrics_text()
-    assert "edged_mqtt_messages_dropped_by_broker_total 2\n" in text
-    assert "edged_mqtt_takeovers_total 4\n" in text
+    assert "edged_mqtt_messages_dropped_by_broker_total 2.0\n" in text
+    assert "edged_mqtt_takeovers_total 4.0\n" in text

@@ -147,7 +147,7 @@ def test_the_private_names_exist_with_the_signatures_used() -> None:
         assert len(sig.parameters) - 1 == count, (name, sig)
     assert isinstance(plain._in_packet, dict)
     assert {"MQTT_CS_DISCONNECTING", "MQTT_CS_DISCONNECTED"} <= set(
-        mqtt._ConnectionState.__members__
+        mqtt._ConnectionState.__members__  # type: ignore[attr-defined]  # the private name checked
     )
 
 
@@ -260,7 +260,7 @@ def test_a_stop_during_a_long_reconnect_wait_ends_at_once() -> None:
     client = _client()
     client.backoff = _Delays(60.0)
     failures: list[OSError | None] = []
-    client.on_connect_fail = lambda c, u: failures.append(c.last_connect_error)
+    client.on_connect_fail = lambda c, u: failures.append(client.last_connect_error)
     client.connect_async("127.0.0.1", port, clean_start=True)
     client.loop_start()
     assert _wait(lambda: bool(failures))

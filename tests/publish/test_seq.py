@@ -245,9 +245,9 @@ def test_undelivered_messages_of_a_damaged_spool_are_carried_over(tmp_path: Path
     data = bytearray((state / SPOOL_NAME).read_bytes())
     data[6 * 4096 : 8 * 4096] = os.urandom(2 * 4096)  # two damaged pages in the middle
     (state / SPOOL_NAME).write_bytes(bytes(data))
-    box, seqs = open_outbox(spool_config(state))
-    got = [m.payload[:5].decode() for m in box.peek(0, 1000)]
-    box.close()
+    reopened, seqs = open_outbox(spool_config(state))
+    got = [m.payload[:5].decode() for m in reopened.peek(0, 1000)]
+    reopened.close()
     seqs.close()
     assert 200 < len(got) < 300 and got == sorted(got) and got[-1] == "m0299"
 

@@ -24,7 +24,7 @@ def test_connack_limits_keep_one_slot_for_availability() -> None:
     assert Limits.from_connack(1000, 10) == Limits(1000, 9)
     assert Limits.from_connack(None, 1).receive_max == 1
     assert Limits.from_connack(None, 65535).receive_max == MAX_INFLIGHT
-    assert Limits.from_connack("x", True).max_packet is None  # type: ignore[arg-type]
+    assert Limits.from_connack("x", True).max_packet is None
 
 
 def test_acks_in_either_order_and_a_stale_hand_over() -> None:

@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import numpy as np
 import pytest
@@ -340,7 +341,7 @@ def test_fit_crops_or_resizes() -> None:
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _granted(fake: ModuleType, stream: str = "lores") -> dict:  # type: ignore[type-arg]
+def _granted(fake: ModuleType, stream: str = "lores") -> dict[str, Any]:
     return _cam(fake).camera_config[stream]  # type: ignore[attr-defined,no-any-return]
 
 
@@ -453,7 +454,7 @@ def test_format_rewritten_by_libcamera_is_converted(fake_picamera2: ModuleType, 
         cfg = Picamera2Source()
         real_validate = fake_picamera2.Picamera2._validate
 
-        def validate(self: object, config: dict) -> None:  # type: ignore[type-arg]
+        def validate(self: object, config: dict[str, Any]) -> None:
             config["lores"]["format"] = fmt
             real_validate(self, config)
 
@@ -476,7 +477,7 @@ def test_format_edged_cannot_convert_is_refused_with_the_reason(
     _pi5(fake_picamera2)
     real_validate = fake_picamera2.Picamera2._validate
 
-    def validate(self: object, config: dict) -> None:  # type: ignore[type-arg]
+    def validate(self: object, config: dict[str, Any]) -> None:
         real_validate(self, config)
         config["lores"]["format"] = "YUYV"
 

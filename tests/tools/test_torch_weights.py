@@ -8,6 +8,7 @@ import pickle
 import struct
 import zipfile
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,10 +37,13 @@ class Call:
         self.func, self.args = func, args
 
 
-class Pickler(pickle._Pickler):  # type: ignore[misc,name-defined]
+class Pickler(pickle._Pickler):
     """The pure-Python pickler, writing :class:`Global` and :class:`Call` as PyTorch does."""
 
-    dispatch = pickle._Pickler.dispatch.copy()  # type: ignore[attr-defined]
+    # What typeshed's _Pickler stub leaves out: set per instance / defined by the pure pickler.
+    write: Callable[[bytes], None]
+    save: Callable[[object], None]
+    dispatch = pickle._Pickler.dispatch.copy()
 
     def save_fake_global(self, obj: Global) -> None:
         self.write(pickle.GLOBAL + f"{obj.module}\n{obj.name}\n".encode())
@@ -49,8 +53,9 @@ class Pickler(pickle._Pickler):  # type: ignore[misc,name-defined]
         self.save(obj.args)
         self.write(pickle.REDUCE)
 
-    dispatch[Global] = save_fake_global
-    dispatch[Call] = save_call
+    # typeshed types _Pickler.dispatch's handlers as taking an Unpickler; they take the pickler.
+    dispatch[Global] = save_fake_global  # type: ignore[assignment]
+    dispatch[Call] = save_call  # type: ignore[assignment]
 
     def __init__(self, file: Any, storages: dict[int, Any]) -> None:
         super().__init__(file, protocol=2)
@@ -102,7 +107,7 @@ def zip_file(tensors: dict[str, np.ndarray]) -> bytes:
     return buf.getvalue()
 
 
-SAMPLE = {
+SAMPLE: dict[str, np.ndarray] = {
     "conv.weight": np.arange(2 * 3 * 3 * 3, dtype=np.float32).reshape(2, 3, 3, 3) / 7,
     "bn.running_var": np.array([1.5, 2.5], np.float32),
     "bn.num_batches_tracked": np.array(7, np.int64),

@@ -42,7 +42,9 @@ def test_refusals(keys: tuple[Keys, Keys]) -> None:
     trusted, other = keys
     tk = [_load(trusted)]
 
-    def refused(payload: bytes, last: float | None = None, keys_: list | None = None) -> str:
+    def refused(
+        payload: bytes, last: float | None = None, keys_: list[Ed25519PublicKey] | None = None
+    ) -> str:
         with pytest.raises(CommandError) as exc:
             verify_command(
                 payload,

@@ -53,7 +53,7 @@ def test_a_crash_before_the_rename_leaves_the_old_state(
     def crash(src: object, dst: object) -> None:
         raise OSError(errno.EIO, "simulated power cut")
 
-    monkeypatch.setattr(store_mod.os, "replace", crash)
+    monkeypatch.setattr(os, "replace", crash)
     new = State(active=_record(2, "2-cdcdcdcdcdcd.edgb"), previous=old.active, highest_version=2)
     with pytest.raises(OSError, match="simulated"):
         store.save(new)
@@ -72,7 +72,7 @@ def test_a_failed_write_raises_and_keeps_the_old_file(
     def fail(fd: int, data: object) -> int:
         raise OSError(err, os.strerror(err))
 
-    monkeypatch.setattr(store_mod.os, "write", fail)
+    monkeypatch.setattr(os, "write", fail)
     with pytest.raises(OSError) as exc:
         atomic_write(path, b"new")
     assert exc.value.errno == err

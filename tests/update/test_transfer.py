@@ -8,10 +8,10 @@ import json
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from edged.update import transfer as transfer_mod
 from edged.update.transfer import Offer, OfferError, Transfer, TransferError, make_offer
 
 DATA = os.urandom(10_000)
@@ -49,7 +49,7 @@ def test_offer_round_trips_and_describes_every_chunk() -> None:
         ({"name": ""}, "no name"),
     ],
 )
-def test_inconsistent_offers_are_refused_with_a_reason(patch: dict, reason: str) -> None:
+def test_inconsistent_offers_are_refused_with_a_reason(patch: dict[str, Any], reason: str) -> None:
     offer, _ = _offer()
     raw = {**json.loads(offer.to_json()), **patch}
     with pytest.raises(OfferError, match=reason):
@@ -110,7 +110,7 @@ def test_space_is_reserved_up_front_so_a_full_disk_shows_at_once(
     def full(fd: int, offset: int, length: int) -> None:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(transfer_mod.os, "posix_fallocate", full)
+    monkeypatch.setattr(os, "posix_fallocate", full)
     offer, _ = _offer()
     with pytest.raises(OSError) as exc:
         Transfer(offer, "edged/cam-1", tmp_path / "x.part")

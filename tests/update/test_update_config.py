@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import tomllib
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -37,10 +38,10 @@ def test_defaults_are_safe() -> None:
         ({"groups": ["Lab/1"]}, "update.groups.0: String should match pattern"),
         ({"validate_memory_mb": 16}, "update.validate_memory_mb: Input should be greater"),
         ({"max_bundle_bytes": 0}, "update.max_bundle_bytes: Input should be greater than 0"),
-        ({"trusted_key": []}, "update.trusted_key: Extra inputs are not permitted"),
+        ({"trusted_key": []}, "update.trusted_key: unknown key; did you mean update.trusted_keys?"),
     ],
 )
-def test_invalid_update_values_name_the_key(patch: dict, expected: str) -> None:
+def test_invalid_update_values_name_the_key(patch: dict[str, Any], expected: str) -> None:
     with pytest.raises(ConfigError) as exc:
         parse_config({**MIN, "update": patch}, {})
     assert any(p.startswith(expected) for p in exc.value.problems), exc.value.problems

@@ -20,8 +20,6 @@ from edged.infra import util as util_mod
 from edged.model.classifier import Classifier
 from edged.publish.mqtt import Publisher
 from edged.publish.topics import Topics, chunk_topic
-from edged.update import store as store_mod
-from edged.update import transfer as transfer_mod
 from edged.update.models import boot
 from edged.update.monitor import ServiceMonitor
 from edged.update.store import Store
@@ -63,7 +61,10 @@ class FakePublisher:
             return self.results()[n - 1]
 
     def model_state(self) -> dict[str, Any]:
-        return json.loads([p for t, p, _ in self.published if t == "edged/cam-1/model"][-1])
+        state: dict[str, Any] = json.loads(
+            [p for t, p, _ in self.published if t == "edged/cam-1/model"][-1]
+        )
+        return state
 
 
 class FrameLoop:
@@ -192,7 +193,7 @@ def test_a_full_disk_at_the_commit_leaves_the_old_model(
 def test_a_full_disk_while_receiving_leaves_the_old_model(
     rig: Rig, keys: Keys, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(transfer_mod.os, "pwrite", _enospc)
+    monkeypatch.setattr(os, "pwrite", _enospc)
     rig.deliver(make_bundle(2, keys), 2, "t2")
     result = rig.pub.wait_result()
     assert result["reason"] == "cannot write the bundle: No space left on device"
@@ -217,7 +218,7 @@ def test_a_crash_between_install_and_commit_restarts_on_the_old_model(
     cfg = _config(tmp_path, keys)
     rig = Rig(cfg, keys)
     try:
-        real = store_mod.os.replace
+        real = os.replace
         calls = []
 
         def replace(src: Any, dst: Any) -> None:  # the bundle's rename works, the state's not
@@ -226,7 +227,7 @@ def test_a_crash_between_install_and_commit_restarts_on_the_old_model(
                 raise OSError(errno.EIO, "simulated power cut")
             real(src, dst)
 
-        monkeypatch.setattr(store_mod.os, "replace", replace)
+        monkeypatch.setattr(os, "replace", replace)
         rig.deliver(make_bundle(2, keys), 2, "t2")
         assert "simulated power cut" in rig.pub.wait_result()["reason"]
         bundle = next(i for i, c in enumerate(calls) if c.startswith("2-"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -39,7 +40,9 @@ def test_a_good_bundle_passes_with_its_golden_vector(tmp_path: Path) -> None:
         ({"golden": False}, "no golden test vector"),
     ],
 )
-def test_broken_bundles_fail_with_the_reason(tmp_path: Path, kwargs: dict, reason: str) -> None:
+def test_broken_bundles_fail_with_the_reason(
+    tmp_path: Path, kwargs: dict[str, Any], reason: str
+) -> None:
     ok, why = _run(tmp_path, make_bundle(2, None, **kwargs))
     assert not ok
     assert reason in why, why

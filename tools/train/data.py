@@ -89,7 +89,8 @@ class DevicePixels:
             raise RuntimeError("edged's preprocessor did not take the identity path")
 
     def __call__(self, rgb: np.ndarray) -> np.ndarray:
-        return self._pre(rgb)[0].copy()
+        out: np.ndarray = self._pre(rgb)[0].copy()
+        return out
 
 
 def load_pixels(

@@ -49,7 +49,7 @@ def full_range_image(pixels: np.ndarray) -> np.ndarray | None:
         return None
     flat = pixels.reshape(len(pixels), -1)
     widest = int(np.argmax(flat.max(axis=1) - flat.min(axis=1)))
-    img = pixels[widest].astype(np.float32)
+    img: np.ndarray = pixels[widest].astype(np.float32)
     lo, hi = float(img.min()), float(img.max())
     if hi <= lo:
         return np.where(np.arange(img.size).reshape(img.shape) % 2, 255.0, 0.0).astype(np.float32)

@@ -182,10 +182,12 @@ def rgb_to_yuv(rgb: np.ndarray, stride: int, fmt: str, pad: int = 0) -> np.ndarr
     v = 128 + 0.439 * r - 0.368 * g - 0.071 * b
 
     def sub(c: np.ndarray) -> np.ndarray:
-        return c.reshape(h // 2, 2, w // 2, 2).mean(axis=(1, 3))
+        out: np.ndarray = c.reshape(h // 2, 2, w // 2, 2).mean(axis=(1, 3))
+        return out
 
     def q(c: np.ndarray) -> np.ndarray:
-        return np.clip(np.rint(c), 0, 255).astype(np.uint8)
+        out: np.ndarray = np.clip(np.rint(c), 0, 255).astype(np.uint8)
+        return out
 
     y_plane = np.full((h, stride), pad, np.uint8)
     y_plane[:, :w] = q(y)
@@ -459,7 +461,8 @@ class Picamera2:
 
     def stream_configuration(self, name: str = "main") -> dict[str, Any]:
         assert self.camera_config is not None
-        return self.camera_config[name]
+        stream: dict[str, Any] = self.camera_config[name]
+        return stream
 
     # -- running -------------------------------------------------------------------------
     def start(self, config: Any = None, show_preview: bool | None = False) -> None:
