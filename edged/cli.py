@@ -53,7 +53,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     signals = Signals()  # first: no moment of startup leaves a signal its default action
     signals.install()
 
-    from edged.app.daemon import Daemon
+    from edged.app.compose import production_daemon
     from edged.config import check_files, load_config
 
     path = _config_path(args)
@@ -62,7 +62,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if problems:
         raise ConfigError(problems)
     setup_logging(args.log_level or cfg.log_level)
-    daemon = Daemon(cfg, config_path=path)
+    daemon = production_daemon(cfg, config_path=path)
     signals.attach(daemon)
     status = daemon.run()
     if daemon.reexec:  # SIGHUP: the same process, from the start, on the new config

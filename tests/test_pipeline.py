@@ -197,6 +197,9 @@ def test_daemon_overlaps_only_with_a_core_to_spare(
         publish=PublishConfig(spool=False),
     )
     daemon = Daemon(cfg, classifier=clf, notifier=Notifier({}))
+    assert daemon.instance is None  # the constructor takes nothing: open() does
+    daemon.open()
     assert daemon.overlap is overlap and daemon.post.inline is not overlap
     assert daemon.preparer.active  # preparation overlaps either way
-    daemon.publisher.stop()
+    daemon.close()
+    assert daemon.instance is not None and not daemon.instance.held

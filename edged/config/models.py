@@ -130,7 +130,11 @@ class ModelConfig(_Section):
     labels: Path | None = Field(
         None, description="Label file, one per line; default: bundle or embedded metadata labels."
     )
-    threads: int = Field(0, ge=0, le=64, description="Interpreter threads; 0 = number of cores.")
+    threads: Annotated[int, Field(ge=0, le=64)] | Literal["auto"] = Field(
+        "auto",
+        description="Interpreter threads: 'auto' = the count measured fastest on this machine "
+        "(once per model, kept in the state dir); 0 = number of cores.",
+    )
     backend: Literal["auto", "ai-edge-litert", "tflite-runtime", "tensorflow"] = Field(
         "auto", description="Interpreter; 'auto' tries them in this order."
     )
