@@ -1,9 +1,12 @@
 """The daemon: capture thread → frame loop (inference) → post thread (policy, publish).
 
-The three stages overlap (edged.frames.pipeline): the capture thread reads and prepares the
-next frame's input tensor, asked for as ``invoke`` starts on the current one (so no frame is
-read or prepared that the interpreter will not take), and the post thread publishes the
-previous result while ``invoke`` runs.
+The capture thread reads and prepares only the frame the interpreter takes next (it is asked
+for one, :meth:`Capture.request`). With a core to spare beside the interpreter's threads the
+stages overlap (edged.frames.pipeline): the next frame is asked for as ``invoke`` starts on
+the current one, and the post thread publishes the previous result while ``invoke`` runs. With
+every core in the interpreter, work beside ``invoke`` stalls its threads, so the stages run one
+after the other around ``invoke``: the next frame is read and prepared while the frame loop
+finishes the current result inline, both between two invokes.
 
 Built from :class:`~edged.app.parts.Parts` (source, model, publisher, clock) and
 :class:`~edged.app.parts.Features`; the constructor only records them. :meth:`Daemon.open`
@@ -306,7 +309,8 @@ class Daemon:
         clf, monitor = self.classifier, self.monitor
         try:
             tensor = self.preparer.tensor_for(frame, clf)
-            self.capture.request()  # read and prepared beside this invoke
+            if self.overlap:
+                self.capture.request()  # read and prepared on the spare core beside invoke
             raw, invoke_ms = clf.infer(tensor)
         except Exception as err:
             self.capture.request()
@@ -314,6 +318,8 @@ class Daemon:
             return None
         finally:
             self.preparer.release(frame)
+        if not self.overlap:  # every core is the interpreter's: read the next frame while
+            self.capture.request()  # this one is finished, not beside invoke
         self.processed += 1
         item = Inferred(frame, clf, monitor, raw, invoke_ms)
         self.post.submit(item)
