@@ -143,4 +143,3 @@ class Extras:
             if daemon.cfg.homeassistant.enabled:
                 commands["ha_announce"] = lambda: ha.announce(daemon.classifier.info)
         return commands
-

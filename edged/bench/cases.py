@@ -16,6 +16,7 @@ import resource
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -79,6 +80,36 @@ class Result:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+def model_bytes(path: str) -> bytes:
+    """The ``.tflite`` model in ``path``, a bundle's model for an ``.edgb``."""
+    from edged.model import bundle
+
+    data = Path(path).read_bytes()
+    if bundle.is_bundle(data):
+        return bundle.read_bundle(data, allow_unsigned=True).model_bytes
+    return data
+
+
+def _reraised(fn: Callable[[], None]) -> Callable[[], None]:
+    """A thread body whose exception :func:`_check` raises again in the main thread."""
+
+    def body() -> None:
+        try:
+            fn()
+        except BaseException as err:
+            errors[body] = err
+
+    return body
+
+
+errors: dict[Callable[[], None], BaseException] = {}
+
+
+def _check(body: Callable[[], None]) -> None:
+    if body in errors:
+        raise errors[body]
+
+
 def _window(warmup_s: float, seconds: float, count: Any) -> tuple[float, float, int, float]:
     time.sleep(warmup_s)
     n0, c0, t0 = count(), time.process_time(), time.monotonic()
@@ -91,12 +122,13 @@ def bare(spec: dict[str, Any]) -> Result:
     """set_tensor + invoke + get_tensor, as fast as it goes or at ``fps``."""
     from edged.model.runtime import load_interpreter
 
-    interp, _ = load_interpreter(Path(spec["model"]).read_bytes(), spec["threads"], spec["backend"])
+    interp, _ = load_interpreter(model_bytes(spec["model"]), spec["threads"], spec["backend"])
     inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
     tensor = np.zeros(inp["shape"], inp["dtype"])
     fps, stop = spec.get("fps"), threading.Event()
     times: list[float] = []
 
+    @_reraised
     def loop() -> None:
         due = time.monotonic()
         while not stop.is_set():
@@ -104,6 +136,8 @@ def bare(spec: dict[str, Any]) -> Result:
                 due += 1.0 / fps
                 if (d := due - time.monotonic()) > 0:
                     time.sleep(d)
+                else:  # late: no burst to catch up, as a camera gives none
+                    due = time.monotonic()
             t0 = time.perf_counter()
             interp.set_tensor(inp["index"], tensor)
             interp.invoke()
@@ -116,6 +150,7 @@ def bare(spec: dict[str, Any]) -> Result:
     r.t0, r.t1, r.n, r.cpu_s = _window(spec["warmup_s"], spec["seconds"], lambda: len(times))
     stop.set()
     worker.join()
+    _check(loop)
     r.latency_ms = [t * 1000.0 for t in times[-r.n :]] if r.n else []
     return r
 
@@ -132,9 +167,13 @@ def daemon(spec: dict[str, Any]) -> Result:
     cfg = Config(
         device_id="bench",
         source=FilesSource(path="-"),
-        model=ModelConfig(path=Path(spec["model"]), threads=spec["threads"], backend=spec["backend"]),
+        model=ModelConfig(
+            path=Path(spec["model"]), threads=spec["threads"], backend=spec["backend"]
+        ),
         mqtt=MqttConfig(host=spec["host"], port=spec["port"]),
-        publish=PublishConfig(mode="every", qos=spec["qos"], heartbeat_s=0, **spec.get("publish", {})),
+        publish=PublishConfig(
+            mode="every", qos=spec["qos"], heartbeat_s=0, **spec.get("publish", {})
+        ),
         state_dir=Path(spec["state_dir"]),
     )
     source = MemorySource(bench_image(tuple(spec["shape"])), spec.get("fps"))
@@ -167,25 +206,32 @@ def plain(spec: dict[str, Any]) -> Result:
     """What a user writes in twenty lines: read, resize, invoke, publish with paho."""
     import cv2
     import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
 
     from edged.model.runtime import _resolve
 
     Interpreter = _resolve(spec["backend"])[1]  # e.g. ai_edge_litert.interpreter.Interpreter
     source = MemorySource(bench_image(tuple(spec["shape"])), spec.get("fps"))
+    model = model_bytes(spec["model"])  # a .tflite file's bytes (a bundle's model)
     stop, count = threading.Event(), [0]
 
+    @_reraised
     def loop() -> None:
-        interp = Interpreter(model_path=spec["model"], num_threads=spec["threads"])
+        interp = Interpreter(model_content=model, num_threads=spec["threads"])
         interp.allocate_tensors()
         inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
         h, w = inp["shape"][1:3]
-        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+        client = mqtt.Client(CallbackAPIVersion.VERSION2)
         client.connect(spec["host"], spec["port"])
         client.loop_start()
         while not stop.is_set():
             frame = source.read()
             assert frame is not None
             x = cv2.resize(frame.image, (w, h), interpolation=cv2.INTER_AREA)
+            if inp["shape"][3] == 1:  # a grayscale model
+                x = cv2.cvtColor(x, cv2.COLOR_RGB2GRAY)[:, :, None]
+            if inp["dtype"] != np.uint8:  # int8: pixel - 128
+                x = (x.astype(np.int16) - 128).astype(inp["dtype"])
             interp.set_tensor(inp["index"], x[None])
             interp.invoke()
             scores = interp.get_tensor(out["index"])[0]
@@ -204,6 +250,7 @@ def plain(spec: dict[str, Any]) -> Result:
     finally:
         stop.set()
         worker.join(10.0)
+    _check(loop)
     r.captured = {i + 1: t for i, t in enumerate(source.reads)}
     return r
 

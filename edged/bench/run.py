@@ -190,7 +190,9 @@ def targets(cases: list[dict[str, Any]]) -> dict[str, float]:
         "peak_rss_mib": default["peak_rss_mib"],
     }
     if len(cam) == 2:
-        out["camera_cpu_vs_bare"] = cam[0]["cpu_ms_per_prediction"] / cam[1]["cpu_ms_per_prediction"]
+        out["camera_cpu_vs_bare"] = (
+            cam[0]["cpu_ms_per_prediction"] / cam[1]["cpu_ms_per_prediction"]
+        )
         out["camera_peak_rss_mib"] = cam[0]["peak_rss_mib"]
     return out
 
@@ -212,7 +214,11 @@ def table(report: dict[str, Any]) -> str:
         f"default: {t['rate_vs_bare_best']:.3f} of the best bare rate, "
         f"{t['cpu_vs_bare']:.3f}x bare CPU/prediction; vs plain loop: rate "
         f"{t['rate_vs_plain']:.3f}x, CPU {t['cpu_vs_plain']:.3f}x"
-        + (f"; 30 fps: {t['camera_cpu_vs_bare']:.3f}x bare CPU" if "camera_cpu_vs_bare" in t else "")
+        + (
+            f"; 30 fps: {t['camera_cpu_vs_bare']:.3f}x bare CPU"
+            if "camera_cpu_vs_bare" in t
+            else ""
+        )
     )
     load = report["loadavg_at_start"]
     lines.append(f"load average at start {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")

@@ -76,8 +76,9 @@ def choose(model: bytes, backend: str) -> int:
         if isinstance(cached, int) and not isinstance(cached, bool) and 1 <= cached <= n_cores:
             _memo[key] = cached
             return cached
+        rates: dict[int, float] = {}
         if n_cores == 1:
-            chosen, rates = 1, {}
+            chosen = 1
         else:
             chosen, rates = measure(model, backend, n_cores)
         _memo[key] = chosen
@@ -89,11 +90,13 @@ def choose(model: bytes, backend: str) -> int:
 
 
 def measure(
-    model: bytes, backend: str, n_cores: int, budget_s: float = BUDGET_S
+    model: bytes, backend: str, n_cores: int, budget_s: float | None = None
 ) -> tuple[int, dict[int, float]]:
     """Time 1..``n_cores`` threads; (the chosen count, invokes per second of each count)."""
     from edged.model.runtime import load_interpreter
 
+    if budget_s is None:
+        budget_s = BUDGET_S
     rates: dict[int, float] = {}
     started = time.perf_counter()
     share = budget_s / n_cores
