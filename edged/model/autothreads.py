@@ -30,7 +30,7 @@ import numpy as np
 log = logging.getLogger("edged.model")
 
 CACHE_NAME = "threads.json"
-BUDGET_S = 2.0
+BUDGET_S = 1.0
 PREFER_FEWER = 0.05  # a count must be this much faster than a smaller one to be chosen
 MAX_ENTRIES = 16  # models remembered in the cache file
 MIN_TIMED = 3  # invokes timed per count at least
