@@ -28,15 +28,14 @@ import numpy as np
 
 from edged.app.extras import Extras
 from edged.app.instance import InstanceLock
+from edged.app.lifecycle import reload_ok
 from edged.app.parts import Features, Parts
-from edged.config import Config, check_files, load_config
-from edged.errors import ConfigError
+from edged.config import Config
 from edged.features.stats import Counters, Stats
 from edged.frames.capture import Capture, SourceHealth
 from edged.frames.pipeline import PostStage, Preparer
 from edged.frames.policy import PublishPolicy
 from edged.infra import events
-from edged.infra.guard import one_line
 from edged.infra.sdnotify import Notifier
 from edged.model import autothreads
 from edged.model.classifier import Classifier
@@ -241,10 +240,6 @@ class Daemon:
             log.info("received %s, stopping", signal.Signals(signum).name)
         self._stop.set()
 
-    def install_signal_handlers(self) -> None:
-        signal.signal(signal.SIGTERM, self.request_stop)
-        signal.signal(signal.SIGINT, self.request_stop)
-
     def request_reload(self) -> None:
         """SIGHUP (any thread or a signal handler): the frame loop checks the config file and
         its model and, if both are good, stops for a reload (:attr:`reexec`)."""
@@ -252,27 +247,9 @@ class Daemon:
 
     def _try_reload(self) -> None:
         self._reload.clear()
-        path = self.config_path
-        if path is None:
-            log.warning("reload requested: no config file to read again; going on")
-            return
-        try:
-            cfg = load_config(path)
-            problems = check_files(cfg)
-            if problems:
-                raise ConfigError(problems)
-            Classifier.from_config(cfg.model)  # loads, checks, is dropped
-        except ConfigError as err:
-            log.error(
-                "reload refused, going on as before: %s", one_line("; ".join(err.problems), 500)
-            )
-            return
-        except Exception as err:
-            log.error("reload refused, going on as before: %s", one_line(err, 500))
-            return
-        log.info("reloading: %s and its model are good; restarting in place", path)
-        self.reexec = True
-        self._stop.set()
+        if reload_ok(self.config_path):
+            self.reexec = True
+            self._stop.set()
 
     def _make_source(self) -> FrameSource:
         return self.parts.make_source(self.cfg.source, self.classifier.input_size())
