@@ -27,6 +27,7 @@ from edged.errors import ConfigError
 from edged.features.control import MAX_PER_POLL, QUEUE_MAX, RUNTIME_KEYS, Control, Settings
 from edged.features.homeassistant import Discovery
 from edged.infra import events
+from edged.protocol import payloads as wire
 from edged.publish.outbox import MemoryOutbox
 from edged.publish.session import MqttSession
 from edged.publish.topics import chunk_topic
@@ -265,12 +266,12 @@ def test_dispatch_never_raises_into_paho(
 @given(obj=st.dictionaries(hostile_text, json_value, max_size=6), label=hostile_text)
 def test_outgoing_json_always_encodes(obj: dict[str, Any], label: str) -> None:
     strict_json(events.dumps(obj))
-    event = events.prediction_event(
-        device="cam-1", seq=1, captured=0.0, reason="every", label=label,
-        score=0.5, top=[(label, float("nan"))], model=obj, latency_ms={"total": 1.0},
-        frame=label,
+    event = wire.prediction(
+        device="cam-1", seq=1, ts="t", reason="every", label=label, score=0.5,
+        top=[(label, float("nan"))], latency_ms={"total": 1.0}, frame=label,
+        model=wire.ModelRef.model_construct(name=label, version=None, sha256=str(obj)),
     )  # fmt: skip
-    decoded = strict_json(events.dumps(event))
+    decoded = strict_json(event.to_bytes())
     assert decoded["label"] == events.text(label)
     assert events.utf8(label).decode("utf-8") == events.text(label)
 

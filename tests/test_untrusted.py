@@ -26,6 +26,7 @@ from edged.frames.policy import PublishPolicy
 from edged.infra import events
 from edged.infra.guard import KindLog, TokenBucket, one_line
 from edged.model.classifier import ModelInfo
+from edged.protocol import payloads as wire
 from edged.publish.outbox import MemoryOutbox
 from edged.publish.session import MqttSession
 from tests.fakes import FakePublisher, make_config
@@ -317,13 +318,13 @@ def test_a_handler_that_raises_never_reaches_paho(topic: bytes) -> None:
 
 
 def test_outgoing_json_encoding_is_defined_for_anything() -> None:
-    event = events.prediction_event(
-        device="cam-1", seq=1, captured=0.0, reason="every", label="cat\udcff",
+    event = wire.prediction(
+        device="cam-1", seq=1, ts="t", reason="every", label="cat\udcff",
         score=float("nan"), top=[("\ud800", float("inf")), ("dog", 0.5)],
-        model={"name": "m\udc80", "version": 1, "sha256": "x"},
+        model=wire.ModelRef.model_construct(name="m\udc80", version=1, sha256="x"),
         latency_ms={"total": float("-inf")}, frame="img-\udcff\udcfe.jpg",
     )  # fmt: skip
-    data = events.dumps(event)  # UnicodeEncodeError on main
+    data = event.to_bytes()  # UnicodeEncodeError on main
     decoded = json.loads(data.decode("utf-8"), parse_constant=lambda c: pytest.fail(c))
     assert decoded["label"] == "cat\ufffd" and decoded["score"] is None
     assert decoded["top"][0] == {"label": "\ufffd", "score": None}

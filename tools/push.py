@@ -49,6 +49,8 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from edged.errors import BundleError
 from edged.model.bundle import load_private_key, read_bundle
+from edged.protocol.base import read
+from edged.protocol.payloads import ModelState, UpdateResult
 from edged.publish.topics import chunk_topic, offer_topic
 from edged.update.command import sign_command
 from edged.update.transfer import DEFAULT_CHUNK_SIZE, Offer, OfferError, make_offer
@@ -306,9 +308,9 @@ def send(
         before = {m.topic: m.payload for m in broker.messages()}
         current: dict[str, Row] = {}
         for d in known:  # already running this version: it ignores the offer quietly
-            state = _json(before.get(f"{p}/{d}/model", b"")) or {}
-            active = state.get("active") or {}
-            if active.get("version") == version and active.get("sha256") == model_sha256:
+            state = read(ModelState, before.get(f"{p}/{d}/model", b""))
+            active = state.active if state is not None else None
+            if active is not None and (active.version, active.sha256) == (version, model_sha256):
                 current[d] = ("current", str(version), "")
         stale = []
         for scope in scopes:
@@ -373,11 +375,11 @@ def answers(
     def collect() -> dict[str, Row]:
         got = dict(given)
         for m in broker.messages():
-            r = _json(m.payload) if m.topic.endswith("/update/result") else None
-            if r is None or r.get("transfer_id") != tid:
+            r = read(UpdateResult, m.payload) if m.topic.endswith("/update/result") else None
+            if r is None or r.transfer_id != tid:
                 continue
-            d = str(r.get("device"))
-            row = (str(r.get("status")), str(r.get("version")), str(r.get("reason") or ""))
+            d = r.device
+            row = (r.status, str(r.version), r.reason)
             if d not in got or got[d][0] not in FINAL:
                 got[d] = row
         return got
@@ -455,18 +457,10 @@ def rollback(args: argparse.Namespace) -> dict[str, Row]:
         def collect() -> dict[str, Row]:
             got: dict[str, Row] = {}
             for m in broker.messages():
-                r = _json(m.payload)
-                d = str((r or {}).get("device"))
-                if r is not None and r.get("issued") == issued.get(d):
-                    v = r.get("version")
-                    got.setdefault(
-                        d,
-                        (
-                            str(r.get("status")),
-                            "-" if v is None else str(v),
-                            str(r.get("reason") or ""),
-                        ),
-                    )
+                r = read(UpdateResult, m.payload)
+                if r is not None and r.command is not None and r.issued == issued.get(r.device):
+                    v = r.version
+                    got.setdefault(r.device, (r.status, "-" if v is None else str(v), r.reason))
             return got
 
         broker.wait(lambda: len(collect()) >= len(devices), max(0.0, deadline - time.monotonic()))

@@ -40,6 +40,7 @@ from edged.infra.sdnotify import Notifier
 from edged.model import autothreads
 from edged.model.classifier import Classifier
 from edged.model.runtime import interpreter_threads
+from edged.protocol import payloads as wire
 from edged.publish.mqtt import Publisher
 from edged.publish.outbox import Outbox
 from edged.publish.seq import SeqCounter, open_outbox
@@ -327,10 +328,10 @@ class Daemon:
                     "postprocess": post_ms,
                     "total": (clock() - frame.captured) * 1000.0,
                 }
-                payload = events.prediction_event(
+                payload = wire.prediction(
                     device=cfg.device_id,
                     seq=self.seq,
-                    captured=frame.captured,
+                    ts=events.iso_utc(events.wall_time(frame.captured)),
                     reason=reason,
                     label=label,
                     score=score,
@@ -340,7 +341,7 @@ class Daemon:
                     frame=frame.name,
                 )
                 self.publisher.publish(
-                    self.topics.prediction, events.dumps(payload), qos=cfg.publish.qos
+                    self.topics.prediction, payload.to_bytes(), qos=cfg.publish.qos
                 )
                 if label != self._state:
                     self._state = label
@@ -367,7 +368,7 @@ class Daemon:
         self.paused = paused
         self.preparer.active = not paused
         if paused:
-            self.publisher.publish(self.topics.state, "paused", qos=1, retain=True)
+            self.publisher.publish(self.topics.state, wire.PAUSED_STATE, qos=1, retain=True)
         else:  # start afresh: the next result is published as if just started
             self.policy = PublishPolicy(self.cfg.publish)
             self._state = None
@@ -381,7 +382,7 @@ class Daemon:
             dropped=cap.dropped,
             skipped=cap.skipped,
             paused=self.paused,
-            model=_model_ref(self.classifier),
+            model=_model_ref(self.classifier).wire(),
             mqtt=self.publisher.stats,
             connected=self.publisher.connected,
             spool_depth=len(outbox) if isinstance(outbox, SqliteOutbox) else None,
@@ -391,16 +392,15 @@ class Daemon:
         self.publisher.publish(self.topics.stats, payload, qos=1, retain=True)
 
     def _publish_health(self, health: SourceHealth) -> None:
-        payload = events.health_event(
+        payload = wire.Health.model_construct(
             device=self.cfg.device_id,
-            source_ok=health.ok,
-            error=health.error,
-            faults=health.faults,
-            skipped=self.capture.skipped,
+            source=wire.SourceStatus.model_construct(
+                ok=health.ok, error=health.error, faults=health.faults, skipped=self.capture.skipped
+            ),
         )
-        self.publisher.publish(self.topics.health, events.dumps(payload), qos=1, retain=True)
+        self.publisher.publish(self.topics.health, payload.to_bytes(), qos=1, retain=True)
 
 
-def _model_ref(clf: Classifier) -> dict[str, str | int | None]:
+def _model_ref(clf: Classifier) -> wire.ModelRef:
     info = clf.info
-    return {"name": info.name, "version": info.version, "sha256": info.sha256}
+    return wire.ModelRef.model_construct(name=info.name, version=info.version, sha256=info.sha256)

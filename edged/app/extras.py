@@ -17,6 +17,7 @@ from edged.features.control import Control, Settings
 from edged.features.homeassistant import Discovery
 from edged.features.stats import cpu_temperature
 from edged.infra.guard import KindLog, one_line
+from edged.protocol import payloads as wire
 from edged.update.models import Boot
 from edged.update.updater import Updater
 
@@ -71,7 +72,7 @@ class Extras:
             self.control.subscribe()
         if daemon.paused:
             log.info("paused (overrides.json): frames are not classified")
-            daemon.publisher.publish(daemon.topics.state, "paused", qos=1, retain=True)
+            daemon.publisher.publish(daemon.topics.state, wire.PAUSED_STATE, qos=1, retain=True)
 
     def close(self) -> None:
         if self.control is not None:

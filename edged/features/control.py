@@ -22,6 +22,8 @@ rejected, and so are keys of those sections that only apply at start (``publish.
     {"schema": 1, "device": "cam-1", "ts": "...Z", "ok": false,
      "errors": ["publish.min_score: Input should be less than or equal to 1"]}
 
+The message and the answer are ``ControlRequest`` and ``ControlResult`` of :mod:`edged.protocol`.
+
 Changes last until the daemon stops, unless ``"persist": true``: then they are merged into
 ``<state_dir>/overrides.json`` (written atomically) and applied at every start on top of the
 config file and the environment. Writes are coalesced: at most one every
@@ -56,13 +58,15 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from edged.config import Config, ModelConfig, PublishConfig, format_validation_error
 from edged.infra import events
 from edged.infra.guard import KindLog, TokenBucket, one_line
+from edged.protocol.inbound import ControlCommand, ControlRequest
+from edged.protocol.payloads import Applied, ControlResult
 from edged.publish.mqtt import Publisher
 
 log = logging.getLogger("edged.control")
@@ -84,7 +88,7 @@ RUNTIME_KEYS: dict[str, tuple[str, ...]] = {
     "model": ("top_k",),
 }
 SECTION_MODELS: dict[str, type[BaseModel]] = {"publish": PublishConfig, "model": ModelConfig}
-Command = Literal["stats", "ha_remove", "ha_announce", "reset"]
+Command = ControlCommand
 
 
 class ControlError(Exception):
@@ -174,21 +178,6 @@ def _echo_id(data: Mapping[str, Any]) -> str | int | None:
     return None
 
 
-class _Request(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    publish: dict[str, Any] | None = None
-    model: dict[str, Any] | None = None
-    paused: StrictBool | None = None
-    command: Command | None = None
-    persist: StrictBool = False
-    id: (
-        Annotated[str, Field(max_length=128)]
-        | Annotated[StrictInt, Field(ge=-(2**63), lt=2**63)]
-        | None
-    ) = None
-
-
 class _Sections(BaseModel):
     """The config file's own section models, so that errors name ``publish.min_score``."""
 
@@ -210,7 +199,7 @@ def validate(
 ) -> tuple[Settings, dict[str, Any], Command | None, bool]:
     """(new settings, what changed as given, command, persist) or ``ControlError``."""
     try:
-        req = _Request.model_validate(dict(data))
+        req = ControlRequest.model_validate(dict(data))
     except ValidationError as err:
         raise ControlError(format_validation_error(err)) from None
     problems: list[str] = []
@@ -400,31 +389,37 @@ class Control:
             f"{limited} since start)"
         )
         self._log.warning("rate", f"control: {problem}")
-        answer = {"schema": events.SCHEMA, "device": self.device, "ok": False, "errors": [problem]}
-        answer["ts"] = events.iso_utc(time.time())
-        self.publisher.publish(self.topics.control_result, events.dumps(answer), qos=1)
+        answer = ControlResult.model_construct(device=self.device, ok=False, errors=[problem])
+        self.publisher.publish(self.topics.control_result, answer.to_bytes(), qos=1)
 
     def handle(self, payload: bytes) -> dict[str, Any]:
-        """Validate, apply, answer on ``set/result``; returns the answer."""
-        answer: dict[str, Any] = {"schema": events.SCHEMA, "device": self.device}
+        """Validate, apply, answer on ``set/result``; returns the answer (its JSON object)."""
+        msg_id: str | int | None = None
         try:
             data = parse(payload)
             msg_id = _echo_id(data)
-            if msg_id is not None:
-                answer["id"] = msg_id
-            answer.update(self._act(data))
+            applied, persisted = self._act(data)
+            answer = ControlResult.model_construct(
+                device=self.device,
+                id=msg_id,
+                ok=True,
+                applied=Applied.model_construct(**applied),
+                persisted=persisted,
+            )
         except ControlError as err:
-            answer.update(ok=False, errors=err.problems)
+            answer = ControlResult.model_construct(
+                device=self.device, id=msg_id, ok=False, errors=err.problems
+            )
             self._log.warning("refused", "control message refused: " + "; ".join(err.problems))
         with self._lock:
             self.counts["handled"] += 1
-            if not answer.get("ok"):
+            if not answer.ok:
                 self.counts["refused"] += 1
-        answer["ts"] = events.iso_utc(time.time())
-        self.publisher.publish(self.topics.control_result, events.dumps(answer), qos=1)
-        return answer
+        self.publisher.publish(self.topics.control_result, answer.to_bytes(), qos=1)
+        return answer.wire()
 
-    def _act(self, data: dict[str, Any]) -> dict[str, Any]:
+    def _act(self, data: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+        """(what was applied, persisted) or ``ControlError``."""
         settings, applied, command, persist = validate(self.current, data)
         if command == "reset":
             return self._reset()
@@ -453,7 +448,7 @@ class Control:
         if command is not None:
             self._commands[command]()
             applied["command"] = command
-        return {"ok": True, "applied": applied, "persisted": persisted}
+        return applied, persisted
 
     def _write(self, now: float | None = None, *, raise_errors: bool = False) -> None:
         self._written_at = time.monotonic() if now is None else now
@@ -468,7 +463,7 @@ class Control:
                 raise
             self._log.warning("persist", f"control: cannot write {self.path}: {one_line(err)}")
 
-    def _reset(self) -> dict[str, Any]:
+    def _reset(self) -> tuple[dict[str, Any], bool]:
         try:
             self.path.unlink(missing_ok=True)
         except OSError as err:
@@ -476,7 +471,7 @@ class Control:
         self.saved, self._dirty = {}, False
         self._set(self.base)
         log.info("control: back to the config file's settings (%s removed)", self.path)
-        return {"ok": True, "applied": {"command": "reset"}, "persisted": False}
+        return {"command": "reset"}, False
 
     def _set(self, settings: Settings) -> None:
         self.current = settings

@@ -31,6 +31,7 @@ from typing import Any
 
 from edged.config import StatsConfig
 from edged.infra import events
+from edged.protocol import payloads as wire
 
 log = logging.getLogger("edged.stats")
 
@@ -203,48 +204,43 @@ class Stats:
         return interval
 
     def snapshot(self) -> dict[str, Any]:
-        """Close the current interval and return the stats payload."""
+        """Close the current interval and return the stats payload
+        (:class:`edged.protocol.payloads.Stats`, as its JSON object)."""
         c = self._probe()
         with self._lock:
             iv = self._close_interval(c)
         mqtt = c.mqtt
-        return {
-            "schema": events.SCHEMA,
-            "device": self.device,
-            "ts": events.iso_utc(time.time()),
-            "uptime_s": round(time.monotonic() - self.started, 1),
-            "interval_s": round(iv.seconds, 3),
-            "paused": c.paused,
-            "fps": round(iv.fps, 2),
-            "inference_ms": {
-                "p50": _round(iv.p50_ms),
-                "p99": _round(iv.p99_ms),
-                "max": _round(iv.max_ms),
-                "n": iv.n,
-            },
-            "frames": {
-                "captured": c.captured,
-                "processed": c.processed,
-                "dropped": c.dropped,
-                "skipped": c.skipped,
-            },
-            "predictions": c.predictions,
-            "queue_depth": max(0, mqtt.get("queued", 0) - mqtt.get("inflight", 0)),
-            "spool_depth": c.spool_depth,
-            "mqtt": {
-                "connected": c.connected,
-                "published": mqtt.get("published", 0),
-                "failures": mqtt.get("failures", 0),
-                "dropped": mqtt.get("dropped", 0),
-                "inflight": mqtt.get("inflight", 0),
-                "reconnects": mqtt.get("reconnects", 0),
-                "dropped_by_broker": mqtt.get("dropped_by_broker", 0),
-                "takeovers": mqtt.get("takeovers", 0),
-            },
-            "rss_bytes": rss_bytes(),
-            "cpu_temp_c": cpu_temperature(self.thermal_path),
-            "model": c.model,
-        }
+        return wire.Stats.model_construct(
+            device=self.device,
+            uptime_s=round(time.monotonic() - self.started, 1),
+            interval_s=round(iv.seconds, 3),
+            paused=c.paused,
+            fps=round(iv.fps, 2),
+            inference_ms=wire.InferenceTimes.model_construct(
+                p50=_round(iv.p50_ms), p99=_round(iv.p99_ms), max=_round(iv.max_ms), n=iv.n
+            ),
+            frames=wire.FrameCounts.model_construct(
+                captured=c.captured, processed=c.processed, dropped=c.dropped, skipped=c.skipped
+            ),
+            predictions=c.predictions,
+            queue_depth=max(0, mqtt.get("queued", 0) - mqtt.get("inflight", 0)),
+            spool_depth=c.spool_depth,
+            mqtt=wire.MqttCounts.model_construct(
+                connected=c.connected,
+                published=mqtt.get("published", 0),
+                failures=mqtt.get("failures", 0),
+                dropped=mqtt.get("dropped", 0),
+                inflight=mqtt.get("inflight", 0),
+                reconnects=mqtt.get("reconnects", 0),
+                dropped_by_broker=mqtt.get("dropped_by_broker", 0),
+                takeovers=mqtt.get("takeovers", 0),
+            ),
+            rss_bytes=rss_bytes(),
+            cpu_temp_c=cpu_temperature(self.thermal_path),
+            model=wire.ModelRef.model_construct(
+                name=c.model["name"], version=c.model["version"], sha256=c.model["sha256"]
+            ),
+        ).wire()
 
     def publish_now(self) -> dict[str, Any]:
         payload = self.snapshot()

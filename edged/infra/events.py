@@ -1,4 +1,5 @@
-"""The JSON payloads edged publishes: numbers as numbers, never image data.
+"""The encoding of the JSON payloads edged publishes (their models: :mod:`edged.protocol`):
+numbers as numbers, never image data.
 
 Every payload goes through :func:`dumps`, whose encoding is defined for anything taken from
 outside (file names, ids, labels, scores), so that encoding never fails:
@@ -18,8 +19,6 @@ import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
-
-SCHEMA = 1
 
 
 def iso_utc(wall: float) -> str:
@@ -77,44 +76,3 @@ def dumps(obj: dict[str, Any]) -> bytes:
         )
     except (ValueError, TypeError, UnicodeEncodeError, RecursionError):
         return json.dumps(clean(obj), separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-
-
-def prediction_event(
-    *,
-    device: str,
-    seq: int,
-    captured: float,
-    reason: str,
-    label: str,
-    score: float,
-    top: list[tuple[str, float]],
-    model: dict[str, Any],
-    latency_ms: dict[str, float],
-    frame: str = "",
-) -> dict[str, Any]:
-    event: dict[str, Any] = {
-        "schema": SCHEMA,
-        "device": device,
-        "seq": seq,
-        "ts": iso_utc(wall_time(captured)),
-        "reason": reason,
-        "label": label,
-        "score": round(float(score), 5),
-        "top": [{"label": lab, "score": round(float(s), 5)} for lab, s in top],
-        "model": model,
-        "latency_ms": {k: round(v, 3) for k, v in latency_ms.items()},
-    }
-    if frame:
-        event["frame"] = frame
-    return event
-
-
-def health_event(
-    *, device: str, source_ok: bool, error: str | None, faults: int, skipped: int
-) -> dict[str, Any]:
-    return {
-        "schema": SCHEMA,
-        "device": device,
-        "ts": iso_utc(time.time()),
-        "source": {"ok": source_ok, "error": error, "faults": faults, "skipped": skipped},
-    }

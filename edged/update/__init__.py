@@ -16,7 +16,9 @@ topic                                      direction   payload
                                                        progress, update groups
 =========================================  ==========  =========================================
 
-("kept" = retained.) A result::
+("kept" = retained.) The payloads' models are in :mod:`edged.protocol` (``UpdateOffer``,
+``UpdateCommand``, ``UpdateResult``, ``ModelState``); every topic is in ``docs/mqtt-api.yaml``.
+A result::
 
     {"schema": 1, "device": "cam-1", "transfer_id": "9f2c...", "name": "digits", "version": 2,
      "status": "accepted" | "confirmed" | "rejected" | "rolled_back", "reason": "...",

@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import base64
 import binascii
-import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from pydantic import ValidationError
+
 from edged.errors import BundleError
 from edged.model.bundle import key_id
+from edged.protocol.inbound import MAX_COMMAND_BYTES, UpdateCommand
 from edged.update.wire import WireError, canonical, clip, loads_object
 
 if TYPE_CHECKING:
@@ -34,8 +36,6 @@ if TYPE_CHECKING:
     )
 
 COMMANDS = ("rollback",)
-MAX_COMMAND_BYTES = 4096
-_SHA_PREFIX = re.compile(r"^[0-9a-f]{6,64}$")
 
 
 class CommandError(ValueError):
@@ -95,35 +95,17 @@ def parse_command(payload: bytes) -> tuple[dict[str, Any], bytes]:
         fields = loads_object(payload, "command", MAX_COMMAND_BYTES)
     except WireError as err:
         raise CommandError(str(err)) from None
-    sig = fields.pop("signature", None)
-    if not isinstance(sig, str) or len(sig) > 200:
-        raise CommandError("command is not signed (no valid base64 'signature')")
+    if not isinstance(fields.get("signature"), str):
+        raise CommandError(UpdateCommand.MESSAGES["signature"])
     try:
-        signature = base64.b64decode(sig, validate=True)
+        msg = UpdateCommand.model_validate(fields)
+    except ValidationError as err:
+        raise CommandError(UpdateCommand.refusal(err)) from None
+    try:
+        signature = base64.b64decode(msg.signature, validate=True)
     except (binascii.Error, ValueError):
-        raise CommandError("command is not signed (no valid base64 'signature')") from None
-    command = fields.get("command")
-    if not isinstance(command, str) or command not in COMMANDS:
-        raise CommandError(f"unknown command {clip(repr(command), 60)}")
-    version, issued = fields.get("version"), fields.get("issued")
-    sha, name = fields.get("sha256"), fields.get("name")
-    if version is not None and (
-        not isinstance(version, int) or isinstance(version, bool) or not 0 <= version <= 2**53
-    ):
-        raise CommandError("command version must be an integer >= 0")
-    if sha is not None and (not isinstance(sha, str) or not _SHA_PREFIX.match(sha)):
-        raise CommandError("command sha256 must be 6-64 lowercase hex digits")
-    if name is not None and (not isinstance(name, str) or not 0 < len(name) <= 128):
-        raise CommandError("command name must be a string of 1-128 characters")
-    if version is None and sha is None:
-        raise CommandError("command names no model (give a version or a sha256)")
-    if not isinstance(issued, int | float) or isinstance(issued, bool) or not 0 <= issued < 1e12:
-        raise CommandError("command 'issued' must be a number (unix time)")
-    device, kid = fields.get("device"), fields.get("key_id")
-    if not isinstance(device, str) or not isinstance(kid, str):
-        raise CommandError("command needs 'device' and 'key_id' strings")
-    if len(device) > 200 or len(kid) > 64:
-        raise CommandError("command 'device' or 'key_id' is too long")
+        raise CommandError(UpdateCommand.MESSAGES["signature"]) from None
+    del fields["signature"]
     return fields, signature
 
 

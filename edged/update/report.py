@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any
+from typing import Literal
 
-from edged.infra.events import SCHEMA, iso_utc
-from edged.update.store import State
+from edged.protocol.payloads import (
+    ActiveModel,
+    ModelRef,
+    ModelState,
+    Receiving,
+    UpdateResult,
+    UpdateStatus,
+)
+from edged.update.store import ModelRecord, State
 
 
 def result_payload(
@@ -15,23 +22,24 @@ def result_payload(
     transfer_id: str | None,
     name: str | None,
     version: int | None,
-    status: str,
+    status: UpdateStatus,
     reason: str,
-    **extra: Any,
-) -> dict[str, Any]:
+    *,
+    command: Literal["rollback"] | None = None,
+    issued: float | None = None,
+) -> UpdateResult:
     """``status``: accepted | rejected | rolled_back | confirmed (passed probation). Command
     results add ``command`` and ``issued`` (the command's own), with ``transfer_id`` null."""
-    return {
-        "schema": SCHEMA,
-        "device": device,
-        "transfer_id": transfer_id,
-        "name": name,
-        "version": version,
-        "status": status,
-        "reason": reason,
-        "ts": iso_utc(time.time()),
-        **extra,
-    }
+    return UpdateResult.model_construct(
+        device=device,
+        transfer_id=transfer_id,
+        name=name,
+        version=version,
+        status=status,
+        reason=reason,
+        command=command,
+        issued=issued,
+    )
 
 
 def model_payload(
@@ -39,22 +47,30 @@ def model_payload(
     state: State,
     *,
     groups: list[str] | None = None,
-    receiving: dict[str, Any] | None = None,
-) -> dict[str, Any]:
+    receiving: Receiving | None = None,
+) -> ModelState:
     """The retained model topic: what runs now (``confirmed`` false while on probation), what
     a rollback returns to (``previous``, and every model kept in ``kept``), the last update,
     the transfer in progress (``receiving``, null when none) and the device's update groups."""
     active = state.active
-    return {
-        "schema": SCHEMA,
-        "device": device,
-        "active": {**active.ref(), "confirmed": active.confirmed} if active is not None else None,
-        "previous": state.previous.ref() if state.previous is not None else None,
-        "kept": [r.ref() for r in state.kept()],
-        "last_update": state.last_update,
-        "receiving": receiving,
-        "groups": list(groups or []),
-    }
+    return ModelState.model_construct(
+        device=device,
+        active=(
+            ActiveModel.model_construct(**active.ref(), confirmed=active.confirmed)
+            if active is not None
+            else None
+        ),
+        previous=_ref(state.previous) if state.previous is not None else None,
+        kept=[_ref(r) for r in state.kept()],
+        # as saved in state.json (LastUpdate's keys, edged.update.store.State.note)
+        last_update=state.last_update,  # type: ignore[arg-type]
+        receiving=receiving,
+        groups=list(groups or []),
+    )
+
+
+def _ref(record: ModelRecord) -> ModelRef:
+    return ModelRef.model_construct(**record.ref())
 
 
 class Throttle:

@@ -28,13 +28,20 @@ import hashlib
 import json
 import math
 import os
-import re
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edged.update.wire import WireError, canonical, clip, integer, loads_object
+from pydantic import ValidationError
+
+from edged.protocol.inbound import (
+    MAX_CHUNK_SIZE,
+    MAX_CHUNKS,
+    MIN_CHUNK_SIZE,
+    UpdateOffer,
+)
+from edged.update.wire import WireError, canonical, clip, loads_object
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import (
@@ -43,11 +50,6 @@ if TYPE_CHECKING:
     )
 
 DEFAULT_CHUNK_SIZE = 128 * 1024  # fits a broker capped at 256 KB packets (max_packet_size)
-MIN_CHUNK_SIZE = 1024
-MAX_CHUNK_SIZE = 16 * 1024 * 1024
-MAX_CHUNKS = 100_000
-TRANSFER_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
 class OfferError(ValueError):
@@ -58,8 +60,6 @@ class TransferError(ValueError):
     """A chunk or an assembled bundle that does not match its offer."""
 
 
-MAX_NAME = 128
-MAX_SIZE = 1 << 40
 OFFER_OVERHEAD = 4096  # bytes of an offer besides its chunk digests
 
 
@@ -102,6 +102,7 @@ class Offer:
         return body
 
     def to_json(self) -> bytes:
+        """The offer as published (host side)."""
         body = self.body()
         if self.signature is not None:
             body["signature"] = base64.b64encode(self.signature).decode("ascii")
@@ -133,50 +134,20 @@ class Offer:
 
     @classmethod
     def _from_raw(cls, raw: dict[str, Any]) -> Offer:
-        tid = raw.get("transfer_id")
-        if not isinstance(tid, str) or not TRANSFER_ID.match(tid):
-            raise OfferError("offer has no valid transfer_id (1-64 of A-Z a-z 0-9 _ -)")
-        name, chunks = raw.get("name"), raw.get("chunks")
-        if not isinstance(name, str) or not 0 < len(name) <= MAX_NAME or not name.isprintable():
-            raise OfferError(f"offer has no name (1-{MAX_NAME} printable characters)")
-        version = integer(raw, "version", "offer", 1, 2**53)
-        size = integer(raw, "size", "offer", 1, MAX_SIZE)
-        chunk_size = integer(raw, "chunk_size", "offer", MIN_CHUNK_SIZE, MAX_CHUNK_SIZE)
-        if not _is_sha256(raw.get("sha256")):
-            raise OfferError("offer sha256 is not a hex SHA-256")
-        expected = math.ceil(size / chunk_size)
-        if expected > MAX_CHUNKS:
-            raise OfferError(f"offer has more than {MAX_CHUNKS} chunks")
-        if (
-            not isinstance(chunks, list)
-            or len(chunks) != expected
-            or not all(_is_sha256(c) for c in chunks)
-        ):
-            raise OfferError(f"offer must list {expected} chunk SHA-256 digests")
-        target, issued = raw.get("target", ""), raw.get("issued", 0.0)
-        if not isinstance(target, str) or len(target) > 200:
-            raise OfferError("offer target must be a string")
-        if (
-            not isinstance(issued, int | float)
-            or isinstance(issued, bool)
-            or not 0 <= issued < 1e12
-        ):
-            raise OfferError("offer issued must be a unix time")
-        kid, sig = raw.get("key_id"), raw.get("signature")
+        try:
+            msg = UpdateOffer.model_validate(raw)
+        except ValidationError as err:
+            raise OfferError(UpdateOffer.refusal(err)) from None
         signature: bytes | None = None
-        if sig is not None:
-            if not isinstance(kid, str) or not isinstance(sig, str) or len(sig) > 200:
-                raise OfferError("offer signature needs a key_id and a base64 signature")
+        if msg.signature is not None:
             try:
-                signature = base64.b64decode(sig, validate=True)
+                signature = base64.b64decode(msg.signature, validate=True)
             except (binascii.Error, ValueError):
                 raise OfferError("offer signature is not base64") from None
-        elif kid is not None and not isinstance(kid, str):
-            raise OfferError("offer key_id must be a string")
         signed = canonical({k: v for k, v in raw.items() if k != "signature"})
         return cls(
-            tid, name, version, size, str(raw["sha256"]), chunk_size, tuple(chunks),
-            target, issued, kid if isinstance(kid, str) else None, signature, signed,
+            msg.transfer_id, msg.name, msg.version, msg.size, msg.sha256, msg.chunk_size,
+            tuple(msg.chunks), msg.target, msg.issued, msg.key_id, signature, signed,
         )  # fmt: skip
 
 
@@ -197,10 +168,6 @@ def verify_offer(offer: Offer, trusted_keys: list[Ed25519PublicKey]) -> str:
     except InvalidSignature:
         raise OfferError(f"bad offer signature (key {offer.key_id})") from None
     return offer.key_id
-
-
-def _is_sha256(value: Any) -> bool:
-    return isinstance(value, str) and bool(_SHA256.match(value))
 
 
 def split(data: bytes, chunk_size: int) -> list[bytes]:

@@ -24,16 +24,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from pydantic import TypeAdapter, ValidationError
 
 from edged.config import Config
 from edged.errors import BundleError, EdgedError
-from edged.infra import events
 from edged.model.bundle import read_bundle
 from edged.model.classifier import Classifier
+from edged.protocol.inbound import MAX_COMMAND_BYTES, UnixTime
+from edged.protocol.payloads import Receiving, UpdateStatus
 from edged.publish.mqtt import Publisher
 from edged.publish.topics import offer_topic
 from edged.update.command import (
-    MAX_COMMAND_BYTES,
     Command,
     CommandError,
     load_trusted_keys,
@@ -54,7 +55,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("edged.update")
 
-ACCEPTED, REJECTED, ROLLED_BACK, CONFIRMED = "accepted", "rejected", "rolled_back", "confirmed"
+ACCEPTED: UpdateStatus = "accepted"
+REJECTED: UpdateStatus = "rejected"
+ROLLED_BACK: UpdateStatus = "rolled_back"
+CONFIRMED: UpdateStatus = "confirmed"
 REFUSALS_PER_S, REFUSAL_BURST = 1.0, 5  # results for unauthenticated or malformed input
 LOG_EVERY_S = 10.0  # log lines for them: one per this many seconds
 MAX_QUEUED_COMMANDS = 8
@@ -66,15 +70,16 @@ def warm_up(clf: Classifier) -> None:
     clf.classify(np.zeros((h, w, 3), np.uint8), 1)
 
 
+_ISSUED: TypeAdapter[int | float] = TypeAdapter(UnixTime)
+
+
 def _issued_of(payload: bytes) -> float | None:
     """A refused command's own ``issued`` (for the sender to match the answer), if sane."""
     try:
         issued = loads_object(payload, "command", MAX_COMMAND_BYTES).get("issued")
-    except WireError:
+        return float(_ISSUED.validate_python(issued))
+    except (WireError, ValidationError):
         return None
-    if not isinstance(issued, int | float) or isinstance(issued, bool) or not 0 <= issued < 1e12:
-        return None
-    return float(issued)
 
 
 class Updater:
@@ -506,7 +511,7 @@ class Updater:
 
     # -- reporting -----------------------------------------------------------------------------
 
-    def _answer(self, offer: Offer, status: str, reason: str) -> None:
+    def _answer(self, offer: Offer, status: UpdateStatus, reason: str) -> None:
         """Report a refused offer once (the transfer id is remembered, persisted if possible)."""
         if self._stop.is_set():  # cut short by the stop, not refused: tried again next start
             log.info("update %s: interrupted (%s)", offer.transfer_id, reason)
@@ -528,25 +533,25 @@ class Updater:
         self._publish_model()
 
     def _publish_result(
-        self, tid: str | None, name: str | None, version: int | None, status: str, reason: str,
-        **extra: Any,
+        self, tid: str | None, name: str | None, version: int | None, status: UpdateStatus,
+        reason: str, **extra: Any,
     ) -> None:  # fmt: skip
         payload = result_payload(self.device, tid, name, version, status, reason, **extra)
-        self.publisher.publish(self.topics.update_result, events.dumps(payload), qos=1)
+        self.publisher.publish(self.topics.update_result, payload.to_bytes(), qos=1)
 
     def _publish_model(self) -> None:
         cur = self.receiver.current
         receiving = (
-            {
-                "transfer_id": cur.offer.transfer_id,
-                "name": cur.offer.name,
-                "version": cur.offer.version,
-                "chunks": len(cur.offer.chunks),
-            }
+            Receiving.model_construct(
+                transfer_id=cur.offer.transfer_id,
+                name=cur.offer.name,
+                version=cur.offer.version,
+                chunks=len(cur.offer.chunks),
+            )
             if cur is not None
             else None
         )
         payload = model_payload(
             self.device, self.state, groups=list(self.ucfg.groups), receiving=receiving
         )
-        self.publisher.publish(self.topics.model, events.dumps(payload), qos=1, retain=True)
+        self.publisher.publish(self.topics.model, payload.to_bytes(), qos=1, retain=True)
