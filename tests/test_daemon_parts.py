@@ -134,4 +134,5 @@ def test_only_the_frames_the_interpreter_takes_are_read(
     runner.join(10)
     assert not runner.is_alive() and daemon.processed >= 50
     assert daemon.processed <= src.reads <= daemon.processed + 1
-    assert daemon.capture.dropped == 0 and daemon.capture.frames == src.reads
+    # (a read under way at the stop is not offered)
+    assert daemon.capture.dropped == 0 and src.reads - 1 <= daemon.capture.frames <= src.reads
