@@ -53,7 +53,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     signals = Signals()  # first: no moment of startup leaves a signal its default action
     signals.install()
 
-    from edged.app.daemon import Daemon
+    from edged.app.compose import production_daemon
     from edged.config import check_files, load_config
 
     path = _config_path(args)
@@ -62,7 +62,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if problems:
         raise ConfigError(problems)
     setup_logging(args.log_level or cfg.log_level)
-    daemon = Daemon(cfg, config_path=path)
+    daemon = production_daemon(cfg, config_path=path)
     signals.attach(daemon)
     status = daemon.run()
     if daemon.reexec:  # SIGHUP: the same process, from the start, on the new config
@@ -136,10 +136,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
         model=Path(args.model),
         seconds=args.seconds,
         threads=[int(t) for t in args.threads.split(",")] if args.threads else None,
-        backends=args.backend or None,
+        backend=args.backend,
         host=host or None,
         port=int(port or 1883),
         qos=args.qos,
+        camera_fps=args.camera_fps,
+        rounds=args.rounds,
     )
     report = run(opts)
     print(table(report), file=sys.stderr)
@@ -184,12 +186,20 @@ def build_parser() -> argparse.ArgumentParser:
     cls.add_argument("--threads", type=int, default=0, help="interpreter threads (0 = auto)")
     cls.set_defaults(func=cmd_classify)
 
-    bench = sub.add_parser("bench", help="measure the bare interpreter against the full pipeline")
+    bench = sub.add_parser(
+        "bench", help="measure the default config against the bare interpreter and a plain loop"
+    )
     bench.add_argument("model", help=".tflite model or .edgb bundle")
     bench.add_argument("--seconds", type=float, default=3.0, help="per measurement (default 3)")
-    bench.add_argument("--threads", help="comma-separated thread counts (default 1..cores)")
     bench.add_argument(
-        "--backend", action="append", help="backend to measure (repeatable; default: all installed)"
+        "--threads", help="comma-separated bare interpreter thread counts (default 1..cores)"
+    )
+    bench.add_argument("--backend", help="interpreter (default: the first installed)")
+    bench.add_argument(
+        "--camera-fps", type=float, default=30.0, help="the paced camera case (default 30)"
+    )
+    bench.add_argument(
+        "--rounds", type=_positive_int, default=3, help="interleaved rounds, medians (default 3)"
     )
     bench.add_argument("--broker", help="HOST[:PORT] (default: start a private mosquitto)")
     bench.add_argument("--qos", type=int, choices=[0, 1, 2], default=1)

@@ -12,6 +12,7 @@ Delivery, reconnects, QoS and the spool stay with the real-broker tier (``-m bro
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 import time
@@ -24,7 +25,9 @@ import pytest
 from paho.mqtt.client import topic_matches_sub
 
 from edged.app.daemon import Daemon
+from edged.app.parts import Features, OnMessage, Parts
 from edged.config import Config, MqttConfig
+from edged.model.classifier import Classifier
 from edged.publish.outbox import Outbox
 from edged.publish.topics import Topics
 
@@ -196,20 +199,18 @@ class MemoryPublisher:
             self._on_message(topic, payload)
 
 
-def use_memory_publisher(
-    monkeypatch: pytest.MonkeyPatch, broker: MemoryBroker | None = None
-) -> MemoryBroker:
-    """Daemons made from now on in this test publish to ``broker`` (a new one by default)
-    through a :class:`MemoryPublisher`: the one seam (``edged.app.daemon``'s publisher)."""
-    from edged.app import daemon as daemon_module
+def memory_parts(broker: MemoryBroker, classifier: Classifier | None = None) -> Parts:
+    """The production parts (or ``classifier`` already loaded), the publisher a
+    :class:`MemoryPublisher` on ``broker``: the daemon's one publisher seam
+    (``Parts.make_publisher``)."""
+    parts = Parts.with_classifier(classifier) if classifier is not None else Parts()
 
-    broker = broker if broker is not None else MemoryBroker()
+    def publisher(cfg: Config, outbox: Outbox, on_message: OnMessage) -> MemoryPublisher:
+        return MemoryPublisher(
+            cfg.mqtt, cfg.device_id, broker=broker, outbox=outbox, on_message=on_message
+        )
 
-    def publisher(cfg: MqttConfig, device_id: str, **kwargs: Any) -> MemoryPublisher:
-        return MemoryPublisher(cfg, device_id, broker=broker, **kwargs)
-
-    monkeypatch.setattr(daemon_module, "Publisher", publisher)
-    return broker
+    return dataclasses.replace(parts, make_publisher=publisher)
 
 
 @contextmanager
@@ -218,8 +219,8 @@ def in_memory_daemon(
 ) -> Iterator[tuple[Daemon, MemoryBroker]]:
     """The real daemon in this process, its publisher a :class:`MemoryPublisher` on ``broker``;
     running in a thread until the block ends (then stopped and joined)."""
-    broker = use_memory_publisher(monkeypatch, broker)
-    d = Daemon(cfg)
+    broker = broker if broker is not None else MemoryBroker()
+    d = Daemon(cfg, parts=memory_parts(broker), features=Features.from_config(cfg))
     result: list[BaseException] = []
 
     def run() -> None:

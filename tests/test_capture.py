@@ -133,3 +133,60 @@ def test_frames_are_prepared_before_offered_and_replaced_ones_discarded(
     assert discarded == prepared[:2]  # replaced before being taken: handed back
     assert caplog.text.count("preparing a frame failed: RuntimeError: no buffer") == 1
     cap.stop()
+
+
+class CountingSource(FrameSource):
+    """Always has a frame at once (a source faster than any model); counts its reads."""
+
+    def __init__(self) -> None:
+        self.reads = 0
+
+    def open(self) -> None:
+        pass
+
+    def read(self) -> Frame | None:
+        self.reads += 1
+        return Frame(np.zeros((2, 2, 3), np.uint8))
+
+    def close(self) -> None:
+        pass
+
+
+def test_on_demand_reads_and_prepares_only_the_frames_asked_for() -> None:
+    src = CountingSource()
+    prepared: list[Frame] = []
+    cap = Capture(
+        lambda: src, read_timeout_s=5, retry_min_s=0.01, retry_max_s=0.05,
+        prepare=prepared.append, demand=True,
+    )  # fmt: skip
+    cap.start()
+    try:
+        time.sleep(0.3)
+        assert src.reads == 0 and cap.get(0.01) is None  # nobody asked: nothing read
+        for i in range(1, 6):
+            cap.request()
+            frame = cap.get(2.0)
+            assert frame is not None and frame is prepared[-1]
+            time.sleep(0.05)  # a free-running capture would read many meanwhile
+            assert src.reads == i and len(prepared) == i
+        assert cap.frames == 5 and cap.dropped == 0
+    finally:
+        cap.stop()
+
+
+def test_on_demand_counts_what_the_source_let_pass() -> None:
+    class Late(CountingSource):
+        def read(self) -> Frame | None:
+            self.dropped += 2  # two camera frames came and went undecoded meanwhile
+            return super().read()
+
+    src = Late()
+    cap = Capture(lambda: src, read_timeout_s=5, retry_min_s=0.01, retry_max_s=0.05, demand=True)
+    cap.start()
+    try:
+        for _ in range(3):
+            cap.request()
+            assert cap.get(2.0) is not None
+        assert cap.dropped == 6
+    finally:
+        cap.stop()

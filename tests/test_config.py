@@ -25,7 +25,7 @@ def test_minimal_config_gets_documented_defaults() -> None:
     cfg = parse_config(MIN, {})
     assert cfg.mqtt.port == 1883 and cfg.mqtt.protocol == "5" and cfg.mqtt.topic_prefix == "edged"
     assert cfg.publish.mode == "every" and cfg.publish.qos == 1
-    assert cfg.model.threads == 0 and cfg.model.top_k == 3
+    assert cfg.model.threads == "auto" and cfg.model.top_k == 3
 
 
 @pytest.mark.parametrize(

@@ -17,7 +17,7 @@ from edged.infra.sdnotify import Notifier
 from edged.model.classifier import Classifier
 from edged.sources.base import Frame
 from tests.daemon import DEMO_MODEL, SAMPLES
-from tests.memory import use_memory_publisher
+from tests.memory import MemoryBroker, memory_parts
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +72,7 @@ def test_a_frame_prepared_for_a_replaced_model_is_prepared_again(
     prep.release(frame)  # a buffer of the old model is not pooled for the new one
     fresh = _frame(60)
     prep(fresh)
-    assert fresh.prepared[0] is other
+    assert fresh.prepared is not None and fresh.prepared.model is other
 
 
 def test_paused_or_unpreparable_frames_are_left_to_the_frame_loop(clf: Classifier) -> None:
@@ -154,7 +154,7 @@ def test_daemon_raises_an_error_from_the_post_thread(
     clf: Classifier, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     """An exception while publishing a result is not lost in a thread: run() raises it."""
-    broker = use_memory_publisher(monkeypatch)
+    broker = MemoryBroker()
     cfg = Config(
         device_id="cam-1",
         state_dir=tmp_path / "state",
@@ -162,7 +162,7 @@ def test_daemon_raises_an_error_from_the_post_thread(
         model=ModelConfig(path=DEMO_MODEL),
         publish=PublishConfig(mode="every", spool=False),
     )
-    daemon = Daemon(cfg, classifier=clf, notifier=Notifier({}))
+    daemon = Daemon(cfg, parts=memory_parts(broker, clf), notifier=Notifier({}))
     calls = [0]
     real = clf.postprocess
 
@@ -196,7 +196,6 @@ def test_inline_post_stage_finishes_in_the_caller() -> None:
 def test_daemon_overlaps_only_with_a_core_to_spare(
     clf: Classifier, threads: int, overlap: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    use_memory_publisher(monkeypatch)
     if os.cpu_count() == 1 and overlap:
         pytest.skip("one core: nothing to overlap on")
     cfg = Config(
@@ -206,7 +205,10 @@ def test_daemon_overlaps_only_with_a_core_to_spare(
         model=ModelConfig(path=DEMO_MODEL, threads=threads),
         publish=PublishConfig(spool=False),
     )
-    daemon = Daemon(cfg, classifier=clf, notifier=Notifier({}))
+    daemon = Daemon(cfg, parts=memory_parts(MemoryBroker(), clf), notifier=Notifier({}))
+    assert daemon.instance is None  # the constructor takes nothing: open() does
+    daemon.open()
     assert daemon.overlap is overlap and daemon.post.inline is not overlap
     assert daemon.preparer.active  # preparation overlaps either way
-    daemon.publisher.stop()
+    daemon.close()
+    assert daemon.instance is not None and not daemon.instance.held

@@ -23,10 +23,11 @@ import logging
 import os
 import signal
 import sys
+from pathlib import Path
 from types import FrameType
 from typing import Protocol
 
-from edged.infra.guard import KindLog
+from edged.infra.guard import KindLog, one_line
 
 log = logging.getLogger("edged")
 
@@ -82,3 +83,29 @@ class Signals:
     def _ignored(self, signum: int, frame: FrameType | None) -> None:
         name = signal.Signals(signum).name
         self._log.log(logging.INFO, name, f"received {name}: ignored")
+
+
+def reload_ok(path: Path | None) -> bool:
+    """SIGHUP: whether the config file at ``path`` and its model are good to restart on (the
+    model is loaded, checked and dropped); if not, one log line says why."""
+    if path is None:
+        log.warning("reload requested: no config file to read again; going on")
+        return False
+    from edged.config import check_files, load_config  # not before the signals are set
+    from edged.errors import ConfigError
+    from edged.model.classifier import Classifier
+
+    try:
+        cfg = load_config(path)
+        problems = check_files(cfg)
+        if problems:
+            raise ConfigError(problems)
+        Classifier.from_config(cfg.model)
+    except ConfigError as err:
+        log.error("reload refused, going on as before: %s", one_line("; ".join(err.problems), 500))
+        return False
+    except Exception as err:
+        log.error("reload refused, going on as before: %s", one_line(err, 500))
+        return False
+    log.info("reloading: %s and its model are good; restarting in place", path)
+    return True

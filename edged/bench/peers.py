@@ -46,6 +46,8 @@ class Subscriber:
     def close(self) -> None:
         out, _ = self._proc.communicate("", timeout=10)  # stdin closed: it prints and exits
         for line in out.splitlines():
+            if not line.strip():
+                continue
             seq, at = line.split()
             self.received[int(seq)] = float(at)
 

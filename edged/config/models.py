@@ -130,7 +130,11 @@ class ModelConfig(_Section):
     labels: Path | None = Field(
         None, description="Label file, one per line; default: bundle or embedded metadata labels."
     )
-    threads: int = Field(0, ge=0, le=64, description="Interpreter threads; 0 = number of cores.")
+    threads: int | Literal["auto"] = Field(
+        "auto",
+        description="Interpreter threads: 'auto' = the count measured fastest on this machine "
+        "(once per model, kept in the state dir); 0 = number of cores.",
+    )
     backend: Literal["auto", "ai-edge-litert", "tflite-runtime", "tensorflow"] = Field(
         "auto", description="Interpreter; 'auto' tries them in this order."
     )
@@ -157,6 +161,20 @@ class ModelConfig(_Section):
         if self.std is not None and any(s == 0 for s in self.std):
             raise ValueError("std must not contain 0")
         return self
+
+    @field_validator("threads", mode="before")
+    @classmethod
+    def _threads(cls, value: object) -> object:
+        """One error, not one per member of the union: 'auto' or a whole number 0-64."""
+        if value == "auto":
+            return value
+        if isinstance(value, str) and value.strip().isdigit():
+            value = int(value.strip())
+        elif isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 64:
+            raise ValueError("must be 'auto' or a number of threads from 0 to 64")
+        return value
 
 
 class TlsConfig(_Section):

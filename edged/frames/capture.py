@@ -2,6 +2,13 @@
 
 Each frame can be prepared (its model input computed) in this thread, before it is offered.
 
+``demand=True`` (the daemon): the thread reads a frame only when :meth:`Capture.request` asked
+for one (the frame loop asks as the interpreter starts on the frame before), so the only frame
+read, decoded and prepared is the one the interpreter takes next; what a camera delivered in
+between is left to the source (a live OpenCV capture grabs and drops it undecoded, picamera2
+recycles its buffers) and counted in :attr:`Capture.dropped` where the source can tell.
+Without it, the thread reads continuously and a frame not taken in time is replaced.
+
 A worker thread owns one source instance. A read that raises is a fault: the worker closes the
 source, waits (exponential backoff) and opens a fresh one. A read that does not return within
 ``read_timeout_s`` is a hang: the worker is abandoned (it exits if the read ever returns) and a
@@ -59,9 +66,11 @@ class Capture:
         prepare: Callable[[Frame], None] | None = None,
         discard: Callable[[Frame], None] | None = None,
         max_pixels: int = DEFAULT_MAX_PIXELS,
+        demand: bool = False,
     ) -> None:
         """``prepare(frame)`` runs in the capture thread on each frame before it is offered;
-        ``discard(frame)`` on each frame replaced by a newer one before it was taken."""
+        ``discard(frame)`` on each frame replaced by a newer one before it was taken.
+        ``demand``: read only when :meth:`request` asked for a frame."""
         self._make_source = make_source
         self._prepare = prepare
         self._discard = discard
@@ -81,12 +90,25 @@ class Capture:
         self.health = SourceHealth(since=time.monotonic())
         self.ended = False  # a finite source reached its end
         self.frames = 0  # frames captured
-        self.dropped = 0  # frames replaced before inference took them
+        self._replaced = 0  # frames replaced before inference took them
+        self._dropped_done = 0  # frames the retired sources let pass
+        self._demand = demand
+        self._wanted = threading.Event()
         self.hung_since: float | None = None  # a hang detected and not yet over
         self._skipped_done = 0
         self._skipped_reported = 0  # ``skipped`` as of the last on_health call
         self._source: FrameSource | None = None
         self._prepare_warned = float("-inf")
+
+    @property
+    def dropped(self) -> int:
+        """Frames not classified: replaced before taken, or let pass by the source."""
+        src = self._source
+        return self._replaced + self._dropped_done + (src.dropped if src is not None else 0)
+
+    def request(self) -> None:
+        """(``demand``) Read the next frame now: the frame loop is about to want it."""
+        self._wanted.set()
 
     @property
     def skipped(self) -> int:
@@ -149,6 +171,8 @@ class Capture:
                 if delay and self._stop.wait(delay):
                     return
                 delay = 0.0
+                if self._demand and not self._wanted.wait(0.2):
+                    continue  # not asked for a frame yet (stop and generation checks)
                 if source is None:
                     try:
                         source = self._make_source()
@@ -202,8 +226,9 @@ class Capture:
                         self._warn_prepare(err)
                 with self._cond:
                     replaced, self._frame = self._frame, frame
+                    self._wanted.clear()  # the next request comes after get() took this one
                     if replaced is not None:
-                        self.dropped += 1
+                        self._replaced += 1
                     self.frames += 1
                     self._cond.notify_all()
                 if replaced is not None and self._discard is not None:
@@ -225,6 +250,7 @@ class Capture:
 
     def _retire(self, source: FrameSource) -> None:
         self._skipped_done += source.skipped
+        self._dropped_done += source.dropped
         if self._source is source:
             self._source = None
         try:

@@ -27,7 +27,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Generic, TypeVar
+from typing import Generic, NamedTuple, TypeVar
 
 import numpy as np
 
@@ -38,6 +38,17 @@ from edged.sources.base import Frame
 log = logging.getLogger("edged")
 
 T = TypeVar("T")
+
+
+class _Lease(NamedTuple):
+    """A pooled :class:`Preprocessor` a prepared frame holds (its buffer is the tensor)."""
+
+    model: Classifier
+    pre: Preprocessor
+    owner: Preparer
+
+    def release(self) -> None:
+        self.owner.give_back(self)
 
 
 class Preparer:
@@ -63,33 +74,32 @@ class Preparer:
             if clf is not self._model:
                 self._model, self._free = clf, []
             pre = self._free.pop() if self._free else None
-        if pre is None:
-            pre = clf.new_preprocessor()
+        lease = _Lease(clf, pre if pre is not None else clf.new_preprocessor(), self)
         t0 = time.perf_counter_ns()
         try:
-            frame.tensor = pre(frame.image)
+            frame.tensor = lease.pre(frame.image)
         except Exception:  # the frame loop prepares it again and reports the error
-            self._give_back(clf, pre)
+            self.give_back(lease)
             return
         frame.prepare_ms = (time.perf_counter_ns() - t0) / 1e6
-        frame.prepared = (clf, pre)
+        frame.prepared = lease
 
     def release(self, frame: Frame) -> None:
         """The frame's tensor is no longer needed (fed to the interpreter, or dropped)."""
         held, frame.prepared, frame.tensor = frame.prepared, None, None
         if held is not None:
-            self._give_back(*held)
+            held.release()
 
-    def _give_back(self, clf: Classifier, pre: Preprocessor) -> None:
+    def give_back(self, lease: _Lease) -> None:
         with self._lock:
-            if clf is self._model:
-                self._free.append(pre)
+            if lease.model is self._model:
+                self._free.append(lease.pre)
 
     @staticmethod
     def tensor_for(frame: Frame, clf: Classifier) -> np.ndarray:
         """The frame's input tensor for ``clf``: as prepared, or prepared now (frame loop)."""
         held = frame.prepared
-        if held is not None and held[0] is clf and frame.tensor is not None:
+        if held is not None and held.model is clf and frame.tensor is not None:
             return frame.tensor
         t0 = time.perf_counter_ns()
         tensor = clf.preprocessor(frame.image)

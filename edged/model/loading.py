@@ -22,7 +22,9 @@ SoftmaxMode = Literal["auto", "yes", "no"]
 EMBEDDED = "labels embedded in the model"
 
 
-def interpreter(model: bytes, threads: int, backend: str, where: str) -> tuple[Interpreter, str]:
+def interpreter(
+    model: bytes, threads: int | str, backend: str, where: str
+) -> tuple[Interpreter, str]:
     try:
         return load_interpreter(model, threads=threads, backend=backend)
     except ModelError as err:

@@ -113,18 +113,29 @@ def interpreter_threads(threads: int) -> int:
     return threads if threads > 0 else (os.cpu_count() or 1)
 
 
+def _threads_for(threads: int | str, model: bytes, backend: str) -> int:
+    if threads == "auto":  # measured once per model (edged.model.autothreads)
+        from edged.model import autothreads
+
+        return autothreads.choose(model, backend)
+    if not isinstance(threads, int):
+        raise ModelError(f"threads must be a number or 'auto', not {threads!r}")
+    return interpreter_threads(threads)
+
+
 def load_interpreter(
-    model: bytes, threads: int = 0, backend: str = "auto"
+    model: bytes, threads: int | str = 0, backend: str = "auto"
 ) -> tuple[Interpreter, str]:
     """Load and allocate ``model``; return the interpreter and the backend name used.
 
-    ``threads`` 0 means one per CPU core. Raises :class:`ModelError` (one line) on any failure.
+    ``threads`` 0 means one per CPU core, "auto" the measured best count
+    (:mod:`edged.model.autothreads`). Raises :class:`ModelError` (one line) on any failure.
     """
     problem = tflite_metadata.check_model(model)
     if problem is not None:
         raise ModelError(problem)
     name, cls = _resolve(backend)
-    num_threads = interpreter_threads(threads)
+    num_threads = _threads_for(threads, model, name)
     with _captured_stderr() as noise:
         try:
             interpreter = cls(model_content=bytes(model), num_threads=num_threads)

@@ -10,7 +10,7 @@ import time
 import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -22,6 +22,16 @@ MAX_NAME_CHARS = 1024
 _OTHER_SURROGATES = re.compile("[\ud800-\udc7f\udd00-\udfff]")
 
 
+class Lease(Protocol):
+    """A prepared input buffer a frame holds (edged.frames.pipeline.Preparer): for ``model``,
+    handed back by ``release()`` once the tensor was fed to the interpreter or dropped."""
+
+    @property
+    def model(self) -> object: ...
+
+    def release(self) -> None: ...
+
+
 @dataclass(slots=True)
 class Frame:
     """One captured image: RGB uint8, shape (height, width, 3)."""
@@ -30,9 +40,9 @@ class Frame:
     captured: float = field(default_factory=time.monotonic)  # time.monotonic() at capture
     name: str = ""  # e.g. the file name for the files source
     # Set by the daemon's capture thread (edged.frames.pipeline.Preparer): the model input tensor,
-    # what it was prepared with, and how long that took.
+    # the buffer it lives in, and how long preparing it took.
     tensor: np.ndarray | None = None
-    prepared: Any = None
+    prepared: Lease | None = None
     prepare_ms: float = 0.0
 
 
@@ -45,6 +55,7 @@ class FrameSource(abc.ABC):
     """
 
     skipped: int = 0  # unreadable inputs skipped (files source)
+    dropped: int = 0  # frames the source let pass undecoded (a live camera read late)
     # While ``read`` waits for the next frame to be due (fps pacing, :meth:`pace`), and until
     # ``paced_at`` (time.monotonic() when that wait ended), the read does not count against
     # ``read_timeout_s``: a files source at 0.1 fps is not hung.

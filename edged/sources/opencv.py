@@ -183,6 +183,7 @@ class OpenCVFrameSource(FrameSource):
         while self._clock() < due:
             if not cap.grab():
                 raise SourceError(f"opencv: read failed on {_describe(self._target)}")
+            self.dropped += 1  # grabbed, never decoded (retrieve) nor converted
         return self._read_one(cap)
 
     def _read_one(self, cap: Any) -> np.ndarray | None:

@@ -285,6 +285,7 @@ def test_live_fps_cap_drops_stale_frames(fake_capture: type[FakeCapture]) -> Non
     assert 0.15 <= elapsed <= 0.6, elapsed
     # ~10 camera frames pass per 0.1 s period; the ones in between were grabbed and dropped.
     assert cap.count >= 12
+    assert src.dropped == cap.count - 3  # counted: every grab but the three frames read
 
 
 def test_close_during_read_releases_after_the_read(fake_capture: type[FakeCapture]) -> None:
