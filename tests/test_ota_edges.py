@@ -548,6 +548,28 @@ def test_status_collects_a_hundred_devices_in_under_a_second(
         print(f"\nstatus: 100 devices collected in {took:.3f} s")
 
 
+def test_status_lists_every_device_beyond_the_brokers_message_queue(
+    broker: Mosquitto, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """1,500 devices x 2 retained topics: more than mosquitto queues for one QoS 1 subscriber
+    (max_queued_messages 1000), which silently cut the list to ~640 of 1,000 before."""
+    client = mqtt.Client(CallbackAPIVersion.VERSION2)
+    client.connect(broker.host, broker.port)
+    client.loop_start()
+    infos = []
+    for i in range(1500):
+        stats = json.dumps({"ts": "2026-12-03T08:00:00.000Z", "fps": 1.0}).encode()
+        infos.append(client.publish(f"edged/d{i:04d}/availability", b"online", 1, retain=True))
+        infos.append(client.publish(f"edged/d{i:04d}/stats", stats, 1, retain=True))
+    for info in infos:
+        info.wait_for_publish(20)
+    client.disconnect()
+    client.loop_stop()
+    assert status_tool.main(["--host", broker.host, "--port", str(broker.port), "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert len(rows) == 1500 and all(r["fps"] == 1.0 for r in rows)
+
+
 def test_a_push_clears_the_chunks_it_supersedes_and_its_own_once_every_device_answered(
     tmp_path: Path,
     broker: Mosquitto,

@@ -58,6 +58,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from edged.errors import BundleError, OfferError
+from edged.infra.guard import json_depth
 from edged.model.bundle import load_private_key, read_bundle
 from edged.protocol.base import read
 from edged.protocol.payloads import ModelState, UpdateResult
@@ -154,17 +155,17 @@ class Broker:
             self._messages.append(Received(msg.topic, bytes(msg.payload)))
             self._cond.notify_all()
 
-    def subscribe(self, topics: list[str], timeout: float = 10.0) -> None:
-        _rc, mid = self.client.subscribe([(t, 1) for t in topics])
+    def subscribe(self, topics: list[str], timeout: float = 10.0, qos: int = 1) -> None:
+        _rc, mid = self.client.subscribe([(t, qos) for t in topics])
         with self._cond:
             if not self._cond.wait_for(lambda: mid in self._subacks, timeout):
                 raise PushError(f"broker {self.where} did not confirm the subscriptions")
 
-    def settle(self, topic: str, timeout: float = 3.0) -> None:
+    def settle(self, topic: str, timeout: float = 3.0, qos: int = 1) -> None:
         """Wait until the retained messages of earlier subscriptions have arrived: they come
         before our own probe message on the same connection (skipped after ``timeout``)."""
         token = secrets.token_hex(8).encode()
-        self.subscribe([topic])
+        self.subscribe([topic], qos=qos)
         self.client.publish(topic, token, qos=0)
         self.wait(
             lambda: any(m.topic == topic and m.payload == token for m in self._messages), timeout
@@ -212,12 +213,19 @@ def _read_text(path: Path) -> str:
 
 
 def _json(payload: bytes) -> dict[str, Any] | None:
+    """A JSON object from the broker (anyone may have published it), or None: never raises."""
+    if len(payload) > MAX_ANSWER_BYTES or json_depth(payload) > MAX_ANSWER_DEPTH:
+        return None
     try:
         value = json.loads(payload)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     return value if isinstance(value, dict) else None
 
+
+MAX_ANSWER_BYTES = 1 << 20  # a device's result, model or request is far smaller
+MAX_ANSWER_DEPTH = 16
+MAX_COPIES = 8  # bundle copies all chunk re-sends of one group push may add up to
 
 # -- push ---------------------------------------------------------------------------------------
 
@@ -390,7 +398,10 @@ class Resender:
     docstring). Requests are outside input: anything malformed, from a device not targeted,
     or naming chunks out of range is ignored; each device gets at most one answer a second,
     except chunks never re-sent to it before: what one device can make it send is bounded by
-    one copy of the bundle plus one answer a second."""
+    one copy of the bundle plus one answer a second. A group's chunks go to one topic that
+    every member reads, so in a group push that bound is per group, not per device name (made-up
+    names cannot multiply it), and all its re-sent chunks together never exceed ``MAX_COPIES``
+    copies of the bundle (a device push's targets are named, each bounded as above)."""
 
     def __init__(
         self,
@@ -465,12 +476,17 @@ class Resender:
             wanted = sorted(
                 {i for i in missing[:MAX_RESENT] if type(i) is int and 0 <= i < len(self.chunks)}
             )
-            sent = self._sent.setdefault(device, set())
-            # Chunks not re-sent to this device before go at once (each at most once: the
-            # device asks for the next ones as soon as the last arrived); others once a second.
-            if sent.intersection(wanted) and now - self._last.get(device, -1e9) < 1.0:
+            # Who the chunks reach: the device, or (group) every member at once.
+            key = device if self.group is None else scope
+            sent = self._sent.setdefault(key, set())
+            # Chunks not re-sent to it before go at once (each at most once: the device asks
+            # for the next ones as soon as the last arrived); others once a second.
+            if sent.intersection(wanted) and now - self._last.get(key, -1e9) < 1.0:
                 return
+            if self.group is not None and self.resent + len(wanted) > MAX_COPIES * len(self.chunks):
+                return  # the group push's budget is spent: the device waits for a re-offer
             sent.update(wanted)
+            self._last[key] = now
             items = [(chunk_topic(scope, self.tid, i), self.chunks[i], False) for i in wanted]
             self.resent += len(items)
         else:
@@ -727,6 +743,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PushError as err:
         print(f"push: error: {err}", file=sys.stderr)
         return err.status
+    except KeyboardInterrupt:
+        print(
+            "push: interrupted; what was published stays on the broker (a device that comes "
+            "later still takes the retained offer): run push again to see the results",
+            file=sys.stderr,
+        )
+        return 130
     print_table(rows)
     if args.expect is not None and len(rows) < args.expect:
         print(f"push: {len(rows)} of {args.expect} expected devices answered", file=sys.stderr)

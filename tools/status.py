@@ -21,11 +21,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from collections.abc import Sequence
 from typing import Any
 
+from edged.infra.guard import one_line
 from tools.brokerargs import add_broker_args
 from tools.push import Broker, PushError, _json
 
@@ -83,14 +85,36 @@ def _row(device: str, e: dict[str, Any]) -> dict[str, Any]:
         ),
         "last_update": last,
         "receiving": receiving,
-        "fps": fps if isinstance(fps, int | float) and not isinstance(fps, bool) else None,
+        "fps": _number(fps),
         "last_seen": max(times) if times else None,
         "groups": [g for g in groups if isinstance(g, str)] if isinstance(groups, list) else [],
     }
 
 
+def _number(value: Any) -> float | int | None:
+    """A finite number of sane size, or None (stats come from anyone who may publish)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        return value if math.isfinite(value) and abs(value) < 1e12 else None
+    except OverflowError:  # an int too large for a float
+        return None
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with every non-finite float as None: what ``--json`` prints is strict JSON."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
 def _cell(value: Any) -> str:
-    return "-" if value is None or value == "" else str(value)
+    """One table cell: a printable line (no terminal escapes from device-made text), bounded."""
+    return "-" if value is None or value == "" else one_line(value, 64)
 
 
 def table(rows: list[dict[str, Any]]) -> str:
@@ -111,11 +135,11 @@ def table(rows: list[dict[str, Any]]) -> str:
         fps = r["fps"]
         lines.append(
             (
-                r["device"],
+                _cell(r["device"]),
                 _cell(r["availability"]),
-                model,
+                _cell(model),
                 _cell(sha),
-                update,
+                _cell(update),
                 "-" if fps is None else f"{fps:g}",
                 _cell(r["last_seen"]),
             )
@@ -156,8 +180,11 @@ def fetch(args: argparse.Namespace) -> tuple[list[tuple[str, bytes]], float]:
     broker = Broker(args)
     try:
         t0 = time.monotonic()
-        broker.subscribe(topics)
-        broker.settle(f"{p}/status-probe/{broker.client_id}", timeout=args.settle)
+        # QoS 0: a broker queues retained messages for a QoS 1 subscription only up to its
+        # limit (mosquitto: max_queued_messages 1000) and drops the rest, silently; at QoS 0
+        # they are written out as they come (the probe too, so it still comes after them).
+        broker.subscribe(topics, qos=0)
+        broker.settle(f"{p}/status-probe/{broker.client_id}", timeout=args.settle, qos=0)
         took = time.monotonic() - t0
         return [(m.topic, m.payload) for m in broker.messages()], took
     finally:
@@ -182,7 +209,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return USAGE_ERROR
     rows = collect(messages, args.prefix, args.group)
     if args.json:
-        print(json.dumps(rows, indent=1))
+        print(json.dumps(_plain(rows), indent=1, allow_nan=False))
     else:
         print(table(rows))
         print(f"status: {len(rows)} device(s), collected in {took:.2f} s", file=sys.stderr)

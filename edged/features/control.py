@@ -49,7 +49,6 @@ from __future__ import annotations
 import json
 import logging
 import queue
-import re
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -62,7 +61,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from edged.config import Config, ModelConfig, PublishConfig, format_validation_error
 from edged.errors import ControlError as ControlError  # re-exported: tests import it here
 from edged.infra import events
-from edged.infra.guard import KindLog, TokenBucket, one_line
+from edged.infra.guard import KindLog, TokenBucket, json_depth, one_line
 from edged.infra.util import atomic_write, deep_merge
 from edged.protocol.inbound import ControlCommand, ControlRequest
 from edged.protocol.payloads import Applied, ControlResult
@@ -87,24 +86,6 @@ RUNTIME_KEYS: dict[str, tuple[str, ...]] = {
 }
 SECTION_MODELS: dict[str, type[BaseModel]] = {"publish": PublishConfig, "model": ModelConfig}
 Command = ControlCommand
-
-
-_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
-_NOT_BRACKET = re.compile(rb"[^\[\]{}]")
-
-
-def _depth(payload: bytes) -> int:
-    """Deepest nesting of ``[``/``{`` outside strings (before parsing: json's decoder
-    recurses, and a deep enough message would raise ``RecursionError``)."""
-    brackets = _NOT_BRACKET.sub(b"", _JSON_STRING.sub(b"", payload))
-    depth = deepest = 0
-    for b in brackets:
-        if b in (0x5B, 0x7B):
-            depth += 1
-            deepest = max(deepest, depth)
-        else:
-            depth -= 1
-    return deepest
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -137,7 +118,7 @@ def parse(payload: bytes, limit: int = MAX_PAYLOAD) -> dict[str, Any]:
         text = payload.decode("utf-8")
     except UnicodeDecodeError as err:
         raise ControlError([f"(top level): not UTF-8 (byte {err.start})"]) from None
-    if _depth(payload) > MAX_DEPTH:
+    if json_depth(payload) > MAX_DEPTH:
         raise ControlError([f"(top level): nested deeper than {MAX_DEPTH} levels"])
     try:
         data = json.loads(

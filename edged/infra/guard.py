@@ -9,8 +9,11 @@ distinct inputs cannot grow memory).
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
+
+import numpy as np
 
 MAX_LINE = 200  # characters of outside text quoted in a reason
 
@@ -35,6 +38,27 @@ def one_line(value: object, limit: int = MAX_LINE) -> str:
             out.append(ch)
     line = "".join(out)
     return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+# A JSON string, possessive so that it never backtracks: from any '"' it runs to its closing
+# quote or, unterminated, to the end (with a trailing lone backslash). Each byte is looked at
+# once, so the scan is linear in the payload's size whatever it holds.
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*+(?:"|\\?\Z)', re.DOTALL)
+_NOT_BRACKET = re.compile(rb"[^\[\]{}]+")
+
+
+def json_depth(payload: bytes) -> int:
+    """The deepest nesting of ``[``/``{`` outside strings in ``payload`` (JSON text, before it
+    is parsed: json's decoder recurses, and a deep enough message would raise
+    ``RecursionError``). Linear time: ~10 ms a MB, whatever the bytes are."""
+    if b"[" not in payload and b"{" not in payload:
+        return 0
+    brackets = _NOT_BRACKET.sub(b"", _JSON_STRING.sub(b"", payload))
+    if not brackets:
+        return 0
+    steps = np.frombuffer(brackets, np.uint8)
+    depth = np.cumsum(np.where((steps == 0x5B) | (steps == 0x7B), 1, -1))
+    return max(0, int(depth.max()))
 
 
 class TokenBucket:

@@ -8,37 +8,23 @@ Strict means: UTF-8, no NaN/Infinity, no lone surrogates, nesting at most ``MAX_
 from __future__ import annotations
 
 import json
-import re
 from typing import Any
 
 from edged.errors import WireError
+from edged.infra.guard import json_depth
 
 MAX_DEPTH = 8
-_OPEN = re.compile(rb"[\[{]")
 
 
 def _constant(name: str) -> Any:
     raise WireError(f"{name} is not allowed")
 
 
-def _nesting(payload: bytes) -> int:
-    """An upper bound of the nesting depth (brackets inside strings count too)."""
-    depth = deepest = 0
-    for m in re.finditer(rb'[\[{\]}]|"(?:[^"\\]|\\.)*"', payload):
-        tok = m.group()
-        if tok in (b"[", b"{"):
-            depth += 1
-            deepest = max(deepest, depth)
-        elif tok in (b"]", b"}"):
-            depth -= 1
-    return deepest
-
-
 def loads_object(payload: bytes, what: str, max_bytes: int) -> dict[str, Any]:
     """``payload`` as a JSON object, or :class:`WireError` saying why not."""
     if len(payload) > max_bytes:
         raise WireError(f"{what} is {len(payload)} bytes, over the {max_bytes}-byte limit")
-    if _OPEN.search(payload) and _nesting(payload) > MAX_DEPTH:
+    if json_depth(payload) > MAX_DEPTH:
         raise WireError(f"{what} is nested more than {MAX_DEPTH} levels deep")
     try:
         text = payload.decode("utf-8")

@@ -247,3 +247,28 @@ def test_no_chained_asks_while_the_broker_delivers_retained_chunks(tmp_path: Pat
     for i in [MAX_ASKED + 5, *range(MAX_ASKED)]:  # one not asked for among them: retained
         rx.chunk("edged/cam-1/update/chunk/big/", str(i), chunks[i])
     assert len([r for r in pub.requests() if r["transfer_id"] == "big"]) == 1
+
+
+def test_made_up_device_names_cannot_multiply_a_group_push() -> None:
+    """A group's chunks go to one topic all members read: 200 made-up names asking for every
+    chunk cost one copy of the bundle, not 200 (the outsider attack sent 47.6 MB for 40 KB)."""
+    fb, rs, chunks = _resender(group="lab")
+    every = list(range(len(chunks)))
+    fb.msgs = [
+        _req(f"fake-{i}", groups=["lab"], transfer_id="t9", missing=every) for i in range(200)
+    ]
+    rs.step(set(), [])
+    sent = [t for t, _, _ in fb.published if "/update/chunk/" in t]
+    assert len(sent) == len(chunks) and rs.resent == len(chunks)
+
+
+def test_a_deep_or_huge_request_is_ignored_not_a_crash() -> None:
+    fb, rs, _ = _resender(group="lab")
+    fb.msgs = [
+        Received("edged/cam-1/update/request", b"[" * 5000),
+        Received("edged/cam-1/update/request", b'["' + b'\\"' * 7000),
+        Received("edged/cam-1/update/request", b'{"device": "cam-1", "x": ' + b"[" * 100 + b"}"),
+    ]
+    started = time.monotonic()
+    rs.step(set(), [])
+    assert fb.published == [] and time.monotonic() - started < 1.0
