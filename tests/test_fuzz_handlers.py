@@ -24,8 +24,9 @@ from hypothesis import strategies as st
 
 from edged.config import load_config, parse_config
 from edged.errors import ConfigError
-from edged.features.control import MAX_PER_POLL, QUEUE_MAX, RUNTIME_KEYS, Control, Settings
+from edged.features.control import MAX_PER_POLL, QUEUE_MAX, Control
 from edged.features.homeassistant import Discovery
+from edged.features.settings import RUNTIME_KEYS, Settings
 from edged.infra import events
 from edged.protocol import payloads as wire
 from edged.publish.mqtt import Publisher
