@@ -10,7 +10,7 @@ import time
 import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypedDict
 
 import numpy as np
 
@@ -95,6 +95,13 @@ class FrameSource(abc.ABC):
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], None]
+
+
+class Pacing(TypedDict, total=False):
+    """:class:`PacedSource`'s keyword arguments, for a subclass's ``**pacing``."""
+
+    clock: Clock
+    sleep: Sleep
 
 
 class PacedSource(FrameSource):

@@ -5,9 +5,9 @@ from __future__ import annotations
 import glob
 import logging
 import os
-import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Unpack
 
 import numpy as np
 from PIL import Image
@@ -16,11 +16,10 @@ from edged.config import FilesSource
 from edged.errors import FrameRejected, SourceError
 from edged.sources.base import (
     DEFAULT_MAX_PIXELS,
-    Clock,
     Frame,
     PacedSource,
+    Pacing,
     RateLimitedLog,
-    Sleep,
     one_line,
     safe_name,
     transform,
@@ -124,14 +123,8 @@ class FilesFrameSource(PacedSource):
     frames. The pacing wait does not count against ``read_timeout_s`` (:meth:`pace`).
     """
 
-    def __init__(
-        self,
-        cfg: FilesSource,
-        *,
-        clock: Clock = time.monotonic,
-        sleep: Sleep = time.sleep,
-    ) -> None:
-        super().__init__(clock=clock, sleep=sleep)
+    def __init__(self, cfg: FilesSource, **pacing: Unpack[Pacing]) -> None:
+        super().__init__(**pacing)
         self.cfg = cfg
         self._paths: list[Path] = []
         self._index = 0

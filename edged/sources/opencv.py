@@ -9,15 +9,14 @@ import logging
 import re
 import sys
 import threading
-import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Unpack
 
 import numpy as np
 
 from edged.config import OpenCVSource
 from edged.errors import SourceError
-from edged.sources.base import Clock, Frame, PacedSource, Sleep, transform, uint8_image
+from edged.sources.base import Frame, PacedSource, Pacing, transform, uint8_image
 
 log = logging.getLogger("edged.sources")
 
@@ -59,14 +58,8 @@ class OpenCVFrameSource(PacedSource):
     capture is then released by the reading thread once its read returns.
     """
 
-    def __init__(
-        self,
-        cfg: OpenCVSource,
-        *,
-        clock: Clock = time.monotonic,
-        sleep: Sleep = time.sleep,
-    ) -> None:
-        super().__init__(clock=clock, sleep=sleep)
+    def __init__(self, cfg: OpenCVSource, **pacing: Unpack[Pacing]) -> None:
+        super().__init__(**pacing)
         self.cfg = cfg
         self._cv2: Any = None
         self._cap: Any = None
