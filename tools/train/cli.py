@@ -21,7 +21,8 @@ import numpy as np
 from edged.errors import EdgedError
 from edged.model.bundle import load_private_key
 from tools import quality
-from tools.bundle import GoldenCandidate, ToolError, check_version, make_bundle, write_bundle
+from tools.bundle import ToolError, check_version, make_bundle, write_bundle
+from tools.golden import GoldenCandidate
 from tools.train.arch import ARCHS, Arch, check_alpha
 from tools.train.data import list_image_folder, load_pixels, load_rgb, split_dataset
 from tools.train.fit import AUGMENTS, FitConfig
