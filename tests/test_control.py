@@ -16,7 +16,8 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edged.config import ModelConfig, PublishConfig
-from edged.features.control import ControlError, Settings, validate, write_atomically
+from edged.features.control import ControlError, write_atomically
+from edged.features.settings import Settings, validate
 from tests.broker import Mosquitto, Subscriber
 from tests.daemon import ROOT, DaemonProcess, demo_config
 

@@ -24,8 +24,9 @@ from hypothesis import strategies as st
 
 from edged.config import load_config, parse_config
 from edged.errors import ConfigError
-from edged.features.control import MAX_PER_POLL, QUEUE_MAX, RUNTIME_KEYS, Control, Settings
+from edged.features.control import MAX_PER_POLL, QUEUE_MAX, Control
 from edged.features.homeassistant import Discovery
+from edged.features.settings import RUNTIME_KEYS, Settings
 from edged.infra import events
 from edged.protocol import payloads as wire
 from edged.publish.mqtt import Publisher
@@ -366,7 +367,7 @@ def drain(u: Any) -> None:
     """What the update thread does with each queued item (``Updater._run``), synchronously."""
     while True:
         try:
-            item = u._queue.get_nowait()
+            item = u.inbox.queue.get_nowait()
         except queue.Empty:
             return
         u._step(item)
@@ -427,22 +428,22 @@ def test_update_handlers_never_raise_and_stay_bounded(
         }[kind]
         u.on_message(topic, payload)
         drain(u)
-    assert u._queue.qsize() == 0 and u._commands == 0
-    assert not u._offers  # one waiting offer per scope at most, none once handled
+    assert u.inbox.queue.qsize() == 0 and u.inbox.commands == 0
+    assert not u.inbox.offers  # one waiting offer per scope at most, none once handled
     for topic, payload, _, _ in pub.sent:
         if topic.endswith(("/update/result", "/model")):
             strict_json(payload)
 
 
 def test_update_request_flood_is_bounded(state_root: Path, classifier: Any) -> None:
-    from edged.update.updater import MAX_QUEUED_COMMANDS
+    from edged.update.inbox import MAX_QUEUED_COMMANDS
 
     u, pub = make_updater(state_root, classifier)
     for i in range(5000):  # the update thread busy (validating): nothing drains the queue
         u.on_message(f"{pub.topics.base}/update/command", b"x" * 100 + str(i).encode())
-    assert u._queue.qsize() == MAX_QUEUED_COMMANDS
+    assert u.inbox.queue.qsize() == MAX_QUEUED_COMMANDS
     drain(u)
-    assert u._commands == 0
+    assert u.inbox.commands == 0
 
 
 def test_distinct_malformed_offers_do_not_grow_memory(state_root: Path, classifier: Any) -> None:
@@ -450,4 +451,4 @@ def test_distinct_malformed_offers_do_not_grow_memory(state_root: Path, classifi
     for i in range(3000):
         u.on_message(f"{pub.topics.base}/update/offer", b"junk %d" % i)
         drain(u)
-    assert not u._offers  # one waiting offer per scope at most, none once handled
+    assert not u.inbox.offers  # one waiting offer per scope at most, none once handled

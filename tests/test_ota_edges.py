@@ -206,8 +206,8 @@ def test_rollback_to_a_real_boot_tflite_after_a_real_model_was_pushed(
 ) -> None:
     """Boot: Coral MobileNetV2 (plain .tflite, labels embedded). Pushed: MLPerf Tiny VWW int8
     as a signed bundle. Back to the MobileNet by its sha256 prefix, and forth by name@version."""
-    from tools.bundle import GoldenCandidate
     from tools.bundle import make_bundle as bundle_tflite
+    from tools.golden import GoldenCandidate
     from tools.train.data import load_rgb
 
     boot_path = MODELS / "coral_mobilenet_v2_1.0_224_quant.tflite"

@@ -20,8 +20,9 @@ import pytest
 from edged.config import load_config, parse_config
 from edged.errors import ConfigError
 from edged.features import control as control_mod
-from edged.features.control import BURST, MAX_PAYLOAD, PERSIST_INTERVAL_S, Control, Settings
+from edged.features.control import BURST, PERSIST_INTERVAL_S, Control
 from edged.features.homeassistant import BIRTH_MIN_INTERVAL_S, Discovery
+from edged.features.settings import MAX_PAYLOAD, Settings
 from edged.frames.policy import PublishPolicy
 from edged.infra import events
 from edged.infra.guard import KindLog, TokenBucket, one_line

@@ -10,8 +10,7 @@ shape, dtype, layout (guessed from the channel axis) and quantisation; the norma
 convention the input quantisation implies). The golden test vector is the input tensor the
 device makes of one frame (``--golden-image``, else a fixed synthetic picture), stored raw as
 ``golden.bin``, and the dequantised output the model gives for it, with a tolerance of
-:data:`GOLDEN_ATOL_STEPS` output quantisation steps (:data:`FLOAT_GOLDEN_ATOL` for float
-outputs). The bundle is read back, its signature verified with the signing key's public half
+:data:`~tools.golden.GOLDEN_ATOL_STEPS` output quantisation steps (:mod:`tools.golden`). The bundle is read back, its signature verified with the signing key's public half
 and its golden vector replayed before it is written.
 
 ``tools.train`` builds its bundles with :func:`make_bundle` too.
@@ -42,22 +41,19 @@ from edged.model.classifier import Classifier
 from edged.model.labels import is_background, read_labels
 from edged.model.runtime import load_interpreter
 from tools import quality
+from tools.golden import (
+    SYNTHETIC_GOLDEN,
+    GoldenCandidate,
+    output_atol,
+    pick_golden,
+    replay_golden,
+    synthetic_frame,
+)
 from tools.quality import Verdict
-
-GOLDEN_ATOL_STEPS = 4  # golden tolerance in output quantisation steps (kernels may differ by 1-2)
-FLOAT_GOLDEN_ATOL = 1e-3  # for a float output
-SYNTHETIC_GOLDEN = "synthetic:0"
 
 
 class ToolError(Exception):
     """A one-line problem with the inputs: the CLIs print it and exit 2."""
-
-
-@dataclass(slots=True)
-class GoldenCandidate:
-    source: str  # where the frame came from (file name, "synthetic:<seed>")
-    rgb: np.ndarray  # H×W×3 uint8 frame, any size
-    label: str | None = None  # its true label, when known
 
 
 @dataclass(slots=True)
@@ -95,50 +91,6 @@ def input_spec(classifier: Classifier) -> dict[str, Any]:
         "std": [float(v) for v in norm.std],
         "quantization": [float(spec.scale), int(spec.zero_point)],
     }
-
-
-def output_atol(model: bytes) -> float:
-    """Golden tolerance: a few output quantisation steps, or a fixed one for float outputs."""
-    interpreter, _ = load_interpreter(model, threads=1)
-    out = interpreter.get_output_details()[0]
-    scale = float((out.get("quantization") or (0.0, 0))[0])
-    if scale > 0 and np.dtype(out["dtype"]).kind in "iu":
-        return round(GOLDEN_ATOL_STEPS * scale, 6)
-    return FLOAT_GOLDEN_ATOL
-
-
-def synthetic_frame(height: int, width: int, seed: int = 0) -> np.ndarray:
-    """A fixed, smooth, colourful test picture (gradients and blobs; no randomness per call)."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
-    yy /= max(height - 1, 1)
-    xx /= max(width - 1, 1)
-    img = np.stack([xx, yy, 1.0 - (xx + yy) / 2], axis=-1) * 160.0 + 40.0
-    for _ in range(4):
-        cy, cx = rng.uniform(0.2, 0.8, size=2)
-        radius = rng.uniform(0.1, 0.3)
-        colour = rng.uniform(-90.0, 90.0, size=3)
-        blob = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * radius**2))
-        img += blob[..., None] * colour
-    return np.clip(np.rint(img), 0, 255).astype(np.uint8)
-
-
-def pick_golden(
-    classifier: Classifier, candidates: Sequence[GoldenCandidate]
-) -> tuple[np.ndarray, np.ndarray, GoldenCandidate]:
-    """The candidate the model is least sure of (lowest top score), so that the check covers
-    more than one saturated output: ``(input tensor, dequantised output, candidate)``."""
-    if not candidates:
-        raise ValueError("no golden candidates")
-    best: tuple[float, np.ndarray, np.ndarray, GoldenCandidate] | None = None
-    for cand in candidates:
-        tensor = classifier.preprocess(cand.rgb)
-        out = classifier.invoke_raw(tensor).reshape(-1)
-        top = float(np.max(out))
-        if best is None or top < best[0]:
-            best = (top, tensor, out, cand)
-    assert best is not None
-    return best[1], best[2], best[3]
 
 
 def make_bundle(
@@ -299,24 +251,6 @@ def gate_on_folder(
 
 def _warn(message: str) -> None:
     print(f"bundle: warning: {message}", file=sys.stderr)
-
-
-def replay_golden(bundle: Bundle, classifier: Classifier | None = None) -> np.ndarray:
-    """Feed ``golden.bin`` through the bundle's model; raise :class:`BundleError` on a
-    mismatch beyond ``atol``. Returns the output."""
-    golden = bundle.manifest.get("golden")
-    if not golden:
-        raise BundleError("bundle has no golden vector")
-    clf = classifier or Classifier.from_bundle(bundle, threads=1)
-    spec = bundle.manifest["input"]
-    raw = bundle.members[golden["member"]]
-    tensor = np.frombuffer(raw, dtype=np.dtype(spec["dtype"])).reshape(spec["shape"])
-    got = clf.invoke_raw(tensor).reshape(-1)
-    want = np.asarray(golden["output"], dtype=np.float32)
-    if got.shape != want.shape or not np.allclose(got, want, rtol=0, atol=float(golden["atol"])):
-        worst = float(np.max(np.abs(got - want))) if got.shape == want.shape else float("inf")
-        raise BundleError(f"golden vector does not reproduce (max error {worst:.6f})")
-    return got
 
 
 def check_version(out: Path, name: str, version: int) -> None:

@@ -42,190 +42,31 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
-import re
 import secrets
 import sys
-import threading
 import time
 import zipfile
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from typing import TYPE_CHECKING
 
 from edged.errors import BundleError, OfferError
-from edged.infra.guard import json_depth
 from edged.model.bundle import load_private_key, read_bundle
 from edged.protocol.base import read
-from edged.protocol.payloads import ModelState, UpdateResult
+from edged.protocol.payloads import ModelState
 from edged.publish.topics import chunk_topic, offer_topic
-from edged.update.command import sign_command
-from edged.update.receiver import MAX_ASKED
 from edged.update.transfer import DEFAULT_CHUNK_SIZE, Offer, make_offer
+from tools.answers import NO_ANSWER, Resender, Row, answers, target_of
 from tools.brokerargs import add_broker_args
+from tools.mqttclient import FAILED, OK, USAGE_ERROR, Broker, PushError
+from tools.rollback import rollback
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-USAGE_ERROR, FAILED, OK = 2, 1, 0
-Row = tuple[str, str, str]  # status, version, reason
 OK_STATUSES = ("accepted", "current")
 _HEADROOM = 512  # bytes of a PUBLISH packet besides the payload (topic, header)
 
-
-class PushError(Exception):
-    """One line for the user; ``status`` is the exit status."""
-
-    def __init__(self, message: str, status: int = FAILED) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-@dataclass
-class Received:
-    topic: str
-    payload: bytes
-
-
-class Broker:
-    """A small synchronous wrapper around a paho client (VERSION2 callbacks)."""
-
-    def __init__(self, args: argparse.Namespace) -> None:
-        v5 = args.protocol == "5"
-        self.client_id = f"edged-push-{secrets.token_hex(4)}"
-        self.client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=self.client_id,
-            protocol=MQTTProtocolVersion.MQTTv5 if v5 else MQTTProtocolVersion.MQTTv311,
-        )
-        if args.username is not None:
-            password = None
-            if args.password_file is not None:
-                password = _read_text(args.password_file).rstrip("\r\n")
-            self.client.username_pw_set(args.username, password)
-        if args.ca_file is not None:
-            self.client.tls_set(ca_certs=str(args.ca_file))
-        self.where = f"{args.host}:{args.port}"
-        self.max_packet: int | None = None
-        self._cond = threading.Condition()
-        self._messages: list[Received] = []
-        self._subacks: set[int] = set()
-        self._connected: bool | None = None
-        self._refused = ""
-        self.client.on_connect = self._on_connect
-        self.client.on_disconnect = self._on_disconnect
-        self.client.on_subscribe = self._on_subscribe
-        self.client.on_message = self._on_message
-        try:
-            self.client.connect(args.host, args.port, keepalive=30)
-        except OSError as err:
-            raise PushError(f"cannot connect to {self.where}: {err.strerror or err}") from None
-        self.client.loop_start()
-        with self._cond:
-            self._cond.wait_for(lambda: self._connected is not None, timeout=15)
-            if not self._connected:
-                self.close()
-                raise PushError(f"broker {self.where} refused the connection: {self._refused}")
-
-    def _on_connect(self, client: Any, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
-        with self._cond:
-            self._connected = not rc.is_failure
-            self._refused = str(rc)
-            size = getattr(props, "MaximumPacketSize", None)
-            self.max_packet = size if isinstance(size, int) else None
-            self._cond.notify_all()
-
-    def _on_disconnect(self, client: Any, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
-        with self._cond:
-            self._connected = False
-            self._refused = str(rc)
-            self._cond.notify_all()
-
-    def _on_subscribe(self, client: Any, userdata: Any, mid: int, rcs: Any, props: Any) -> None:
-        with self._cond:
-            self._subacks.add(mid)
-            self._cond.notify_all()
-
-    def _on_message(self, client: Any, userdata: Any, msg: mqtt.MQTTMessage) -> None:
-        with self._cond:
-            self._messages.append(Received(msg.topic, bytes(msg.payload)))
-            self._cond.notify_all()
-
-    def subscribe(self, topics: list[str], timeout: float = 10.0, qos: int = 1) -> None:
-        _rc, mid = self.client.subscribe([(t, qos) for t in topics])
-        with self._cond:
-            if not self._cond.wait_for(lambda: mid in self._subacks, timeout):
-                raise PushError(f"broker {self.where} did not confirm the subscriptions")
-
-    def settle(self, topic: str, timeout: float = 3.0, qos: int = 1) -> None:
-        """Wait until the retained messages of earlier subscriptions have arrived: they come
-        before our own probe message on the same connection (skipped after ``timeout``)."""
-        token = secrets.token_hex(8).encode()
-        self.subscribe([topic], qos=qos)
-        self.client.publish(topic, token, qos=0)
-        self.wait(
-            lambda: any(m.topic == topic and m.payload == token for m in self._messages), timeout
-        )
-
-    def messages(self) -> list[Received]:
-        with self._cond:
-            return list(self._messages)
-
-    def wait(self, done: Callable[[], bool], timeout: float) -> None:
-        with self._cond:
-            self._cond.wait_for(done, timeout)
-
-    def publish_all(self, items: list[tuple[str, bytes, bool]], timeout: float) -> None:
-        """Publish at QoS 1 and wait for every acknowledgement."""
-        infos = [self.client.publish(t, p, qos=1, retain=r) for t, p, r in items]
-        deadline = time.monotonic() + timeout
-        for info in infos:
-            while not info.is_published():
-                if not self._connected:
-                    raise PushError(
-                        f"broker {self.where} dropped the connection while publishing "
-                        f"({self._refused}); is a chunk over its max_packet_size? "
-                        "(try a smaller --chunk-size)"
-                    )
-                if time.monotonic() > deadline:
-                    raise PushError(f"broker {self.where} did not acknowledge the messages")
-                time.sleep(0.01)
-
-    @property
-    def connected(self) -> bool:
-        with self._cond:
-            return bool(self._connected)
-
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
-
-
-def _read_text(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8")
-    except OSError as err:
-        raise PushError(f"{path}: cannot read ({err.strerror or err})", USAGE_ERROR) from None
-
-
-def _json(payload: bytes) -> dict[str, Any] | None:
-    """A JSON object from the broker (anyone may have published it), or None: never raises."""
-    if len(payload) > MAX_ANSWER_BYTES or json_depth(payload) > MAX_ANSWER_DEPTH:
-        return None
-    try:
-        value = json.loads(payload)
-    except (ValueError, RecursionError):
-        return None
-    return value if isinstance(value, dict) else None
-
-
-MAX_ANSWER_BYTES = 1 << 20  # a device's result, model or request is far smaller
-MAX_ANSWER_DEPTH = 16
-MAX_COPIES = 8  # bundle copies all chunk re-sends of one group push may add up to
 
 # -- push ---------------------------------------------------------------------------------------
 
@@ -250,6 +91,12 @@ def push(args: argparse.Namespace) -> dict[str, Row]:
     return send(args, data, bundle.name, bundle.version, bundle.sha256)
 
 
+def _rollback_key(args: argparse.Namespace) -> Ed25519PrivateKey:
+    key = signing_key(args)
+    assert key is not None  # _check: a rollback needs --key
+    return key
+
+
 def signing_key(args: argparse.Namespace) -> Ed25519PrivateKey | None:
     if args.key is None:
         return None
@@ -257,11 +104,6 @@ def signing_key(args: argparse.Namespace) -> Ed25519PrivateKey | None:
         return load_private_key(args.key)
     except BundleError as err:
         raise PushError(str(err), USAGE_ERROR) from None
-
-
-def target_of(prefix: str, scope: str) -> str:
-    """``<prefix>/cam-1`` -> ``cam-1``; ``<prefix>/group/lab`` -> ``group/lab``."""
-    return scope[len(prefix) + 1 :]
 
 
 def clear(args: argparse.Namespace, broker: Broker, topics: list[str]) -> None:
@@ -387,252 +229,6 @@ def send(
         broker.close()
 
 
-NO_ANSWER = "no answer"
-FINAL = ("confirmed", "rolled_back", "rejected")
-MAX_REQUEST_BYTES = 16 * 1024  # a device's request is small (edged.update.receiver)
-MAX_RESENT = MAX_ASKED  # chunks re-sent for one request
-
-
-class Resender:
-    """Answers devices' requests during a push, and re-offers periodically (see the module
-    docstring). Requests are outside input: anything malformed, from a device not targeted,
-    or naming chunks out of range is ignored; each device gets at most one answer a second,
-    except chunks never re-sent to it before: what one device can make it send is bounded by
-    one copy of the bundle plus one answer a second. A group's chunks go to one topic that
-    every member reads, so in a group push that bound is per group, not per device name (made-up
-    names cannot multiply it), and all its re-sent chunks together never exceed ``MAX_COPIES``
-    copies of the bundle (a device push's targets are named, each bounded as above)."""
-
-    def __init__(
-        self,
-        broker: Broker,
-        prefix: str,
-        tid: str,
-        offers: dict[str, bytes],
-        chunks: list[bytes],
-        *,
-        group: str | None,
-        version: int,
-        model_sha256: str | None,
-        every: float,
-    ) -> None:
-        self.broker, self.prefix, self.tid = broker, prefix, tid
-        self.offers, self.chunks, self.group = offers, chunks, group
-        self.version, self.model_sha256, self.every = version, model_sha256, every
-        self.current: dict[str, Row] = {}  # devices whose hello says they run this version
-        self.seen_devices: set[str] = set()  # devices that sent a valid request
-        self._read = 0
-        self._last: dict[str, float] = {}  # device -> time of the last answer
-        self._sent: dict[str, set[int]] = {}  # device -> chunk indices re-sent to it
-        self._periodic = time.monotonic()
-        self.reoffers = self.periodic = self.resent = 0
-
-    def scope_of(self, device: str, groups: Any) -> str | None:
-        if self.group is None:
-            scope = f"{self.prefix}/{device}"
-            return scope if scope in self.offers else None
-        if isinstance(groups, list) and self.group in groups:
-            return f"{self.prefix}/group/{self.group}"
-        return None
-
-    def step(self, answered: set[str], silent_scopes: list[str]) -> None:
-        msgs = self.broker.messages()
-        new, self._read = msgs[self._read :], len(msgs)
-        for m in new:
-            if m.topic.endswith("/update/request") and len(m.payload) <= MAX_REQUEST_BYTES:
-                self._request(m, answered)
-        now = time.monotonic()
-        if silent_scopes and now - self._periodic >= self.every:
-            self._periodic = now
-            self.periodic += 1
-            items = [(offer_topic(s), self.offers[s], False) for s in silent_scopes]
-            self.broker.publish_all(items, 30)
-
-    def _request(self, m: Received, answered: set[str]) -> None:
-        parts = m.topic.split("/")
-        device = parts[-3] if len(parts) >= 3 else ""
-        r = _json(m.payload)
-        if (
-            r is None
-            or r.get("device") != device
-            or f"{self.prefix}/{device}/update/request" != m.topic
-        ):
-            return
-        scope = self.scope_of(device, r.get("groups"))
-        if scope is None:
-            return
-        self.seen_devices.add(device)
-        active = r.get("active")
-        if not isinstance(active, dict):
-            active = {}
-        if active.get("version") == self.version and active.get("sha256") == self.model_sha256:
-            self.current.setdefault(device, ("current", str(self.version), ""))
-            return
-        if device in answered or device in self.current:
-            return
-        now = time.monotonic()
-        missing = r.get("missing")
-        if r.get("transfer_id") == self.tid and isinstance(missing, list):
-            wanted = sorted(
-                {i for i in missing[:MAX_RESENT] if type(i) is int and 0 <= i < len(self.chunks)}
-            )
-            # Who the chunks reach: the device, or (group) every member at once.
-            key = device if self.group is None else scope
-            sent = self._sent.setdefault(key, set())
-            # Chunks not re-sent to it before go at once (each at most once: the device asks
-            # for the next ones as soon as the last arrived); others once a second.
-            if sent.intersection(wanted) and now - self._last.get(key, -1e9) < 1.0:
-                return
-            if self.group is not None and self.resent + len(wanted) > MAX_COPIES * len(self.chunks):
-                return  # the group push's budget is spent: the device waits for a re-offer
-            sent.update(wanted)
-            self._last[key] = now
-            items = [(chunk_topic(scope, self.tid, i), self.chunks[i], False) for i in wanted]
-            self.resent += len(items)
-        else:
-            if now - self._last.get(device, -1e9) < 1.0:
-                return
-            items = [(offer_topic(scope), self.offers[scope], False)]
-            self.reoffers += 1
-        self._last[device] = now
-        if items:
-            self.broker.publish_all(items, 30)
-
-
-def answers(
-    broker: Broker,
-    tid: str,
-    given: dict[str, Row],
-    expected: int,
-    deadline: float,
-    known: list[str],
-    *,
-    probation: float | None = None,
-    resender: Resender | None = None,
-) -> dict[str, Row]:
-    """Wait until ``expected`` devices answered transfer ``tid`` or ``deadline``; then, with
-    ``probation`` (seconds), until each device that accepted it confirmed it or rolled it
-    back. A device's row is its latest answer. ``resender`` answers requests meanwhile."""
-
-    def collect() -> dict[str, Row]:
-        got = dict(given)
-        if resender is not None:
-            for d, row in resender.current.items():
-                got.setdefault(d, row)
-        for m in broker.messages():
-            r = read(UpdateResult, m.payload) if m.topic.endswith("/update/result") else None
-            if r is None or r.transfer_id != tid:
-                continue
-            d = r.device
-            row = (r.status, str(r.version), r.reason)
-            if d not in got or got[d][0] not in FINAL:
-                got[d] = row
-        return got
-
-    def wait(done: Callable[[], bool], until: float) -> None:
-        while True:
-            if resender is not None:
-                rows = collect()
-                if resender.group is None:
-                    silent = [
-                        s for s in resender.offers if target_of(resender.prefix, s) not in rows
-                    ]
-                else:
-                    silent = list(resender.offers) if len(rows) < expected else []
-                resender.step(set(rows), silent)
-            remaining = until - time.monotonic()
-            if done() or remaining <= 0:
-                return
-            broker.wait(done, min(0.25, remaining))
-
-    wait(lambda: len(collect()) >= expected, deadline)
-    if probation is not None:
-
-        def settled() -> bool:
-            rows = collect()
-            return len(rows) >= expected and all(r[0] != "accepted" for r in rows.values())
-
-        waiting = sum(r[0] == "accepted" for r in collect().values())
-        if waiting:
-            print(
-                f"push: {waiting} device(s) accepted it; waiting up to {probation:g} s for the "
-                "end of their probation (--no-wait-probation: do not wait)",
-                file=sys.stderr,
-            )
-            wait(settled, time.monotonic() + probation)
-    got = collect()
-    if probation is not None:
-        for d, row in got.items():
-            if row[0] == "accepted":
-                got[d] = (NO_ANSWER, row[1], f"accepted, no probation verdict in {probation:g} s")
-    for d in known:
-        got.setdefault(d, (NO_ANSWER, "-", ""))
-    return got
-
-
-# -- rollback ----------------------------------------------------------------------------------
-
-
-_HEX = re.compile(r"^[0-9a-f]{6,64}$")
-
-
-def rollback_target(spec: str) -> dict[str, Any]:
-    """``7`` (version), ``name@7``, ``sha256:1a2b3c`` or a bare hex prefix (6+ digits, not all
-    decimal) -> the command's fields naming the model; :class:`PushError` otherwise."""
-    spec = spec.strip()
-    if "@" in spec:
-        name, _, version = spec.rpartition("@")
-        if name and version.isdigit():
-            return {"name": name, "version": int(version)}
-    elif spec.startswith("sha256:") and _HEX.match(spec[7:].lower()):
-        return {"sha256": spec[7:].lower()}
-    elif spec.isdigit():
-        return {"version": int(spec)}
-    elif _HEX.match(spec.lower()):
-        return {"sha256": spec.lower()}
-    raise PushError(
-        f"--rollback {spec!r}: give VERSION, NAME@VERSION, or a sha256 prefix (6+ hex digits, "
-        "sha256:PREFIX when it is all decimal digits)",
-        USAGE_ERROR,
-    )
-
-
-def rollback(args: argparse.Namespace) -> dict[str, Row]:
-    target = rollback_target(args.rollback)
-    key = signing_key(args)
-    assert key is not None
-    p = args.prefix
-    broker = Broker(args)
-    try:
-        broker.subscribe([f"{p}/{d}/update/result" for d in args.device])
-        issued: dict[str, float] = {}
-        items = []
-        for d in args.device:
-            issued[d] = round(time.time(), 6)
-            cmd = sign_command(key, command="rollback", device=d, issued=issued[d], **target)
-            items.append((f"{p}/{d}/update/command", json.dumps(cmd).encode(), False))
-        t0 = time.monotonic()
-        broker.publish_all(items, args.timeout)
-        deadline, devices = t0 + args.timeout, list(args.device)
-
-        def collect() -> dict[str, Row]:
-            got: dict[str, Row] = {}
-            for m in broker.messages():
-                r = read(UpdateResult, m.payload)
-                if r is not None and r.command is not None and r.issued == issued.get(r.device):
-                    v = r.version
-                    got.setdefault(r.device, (r.status, "-" if v is None else str(v), r.reason))
-            return got
-
-        broker.wait(lambda: len(collect()) >= len(devices), max(0.0, deadline - time.monotonic()))
-        got = collect()
-        for d in devices:
-            got.setdefault(d, (NO_ANSWER, "-", ""))
-        return got
-    finally:
-        broker.close()
-
-
 # -- command line ------------------------------------------------------------------------------
 
 
@@ -739,7 +335,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"push: error: {problem}", file=sys.stderr)
         return USAGE_ERROR
     try:
-        rows = rollback(args) if args.rollback is not None else push(args)
+        rows = (
+            rollback(args, lambda: _rollback_key(args)) if args.rollback is not None else push(args)
+        )
     except PushError as err:
         print(f"push: error: {err}", file=sys.stderr)
         return err.status

@@ -29,7 +29,7 @@ from typing import Any
 
 from edged.infra.guard import one_line
 from tools.brokerargs import add_broker_args
-from tools.push import Broker, PushError, _json
+from tools.mqttclient import Broker, PushError, json_object
 
 TOPICS = ("availability", "model", "stats")
 USAGE_ERROR, NONE_FOUND, OK = 2, 1, 0
@@ -51,7 +51,7 @@ def collect(
         if kind == "availability":
             entry[kind] = payload.decode("utf-8", "replace")[:40]
         else:
-            value = _json(payload)
+            value = json_object(payload)
             if value is not None:
                 entry[kind] = value
     rows = [_row(d, e) for d, e in sorted(seen.items())]

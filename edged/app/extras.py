@@ -13,8 +13,9 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from edged.errors import EdgedError
-from edged.features.control import Control, Settings
+from edged.features.control import Control
 from edged.features.homeassistant import Discovery
+from edged.features.settings import Settings
 from edged.features.stats import cpu_temperature
 from edged.infra.guard import KindLog, one_line
 from edged.protocol import payloads as wire

@@ -3,7 +3,8 @@
 ``EDGED_MQTT__HOST=broker`` overrides ``[mqtt] host``; a double underscore separates levels.
 Unknown keys are rejected everywhere (``extra="forbid"``).
 
-The section models are in :mod:`edged.config.models`; reading, overriding, validating and
+The section models are in :mod:`edged.config.models` (the source sections in
+:mod:`edged.config.sources`); reading, overriding, validating and
 checking files in :mod:`edged.config.load`. Both are importable from here.
 """
 
@@ -17,23 +18,19 @@ from edged.config.load import (
     resolve_paths,
 )
 from edged.config.models import (
-    DEVICE_ID_PATTERN,
     Config,
     ControlConfig,
-    FilesSource,
     GroupName,
     HomeAssistantConfig,
     ModelConfig,
     MqttConfig,
-    OpenCVSource,
-    Picamera2Source,
     PublishConfig,
-    Roi,
-    SourceConfig,
     StatsConfig,
     TlsConfig,
     UpdateConfig,
 )
+from edged.config.section import DEVICE_ID_PATTERN
+from edged.config.sources import FilesSource, OpenCVSource, Picamera2Source, Roi, SourceConfig
 
 __all__ = [
     "DEVICE_ID_PATTERN",

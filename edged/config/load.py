@@ -24,7 +24,8 @@ from edged.config.env import (
     nearest,
     read_environment,
 )
-from edged.config.models import Config, FilesSource
+from edged.config.models import Config
+from edged.config.sources import FilesSource
 from edged.errors import ConfigError
 from edged.infra.guard import one_line
 from edged.infra.util import deep_merge

@@ -1,7 +1,9 @@
-"""The configuration's sections: pydantic models, each field described.
+"""The configuration's sections but ``[source]``, and the whole :class:`Config`: pydantic
+models, each field described.
 
 Unknown keys are rejected everywhere (``extra="forbid"``). Reading, environment overrides and
-error messages are in :mod:`edged.config.load`.
+error messages are in :mod:`edged.config.load`; the source sections in
+:mod:`edged.config.sources`; the common base and bounds in :mod:`edged.config.section`.
 
 Untrusted values (a config file, the environment, ``overrides.json``, control messages) are
 bounded here: no float may be NaN or infinite, every number has an upper bound (durations at
@@ -11,121 +13,15 @@ most ``MAX_SECONDS``), and text must be valid Unicode (no lone surrogates) of bo
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-DEVICE_ID_PATTERN = r"^[a-z0-9][a-z0-9-]{0,31}$"
-MAX_SECONDS = 86400.0  # the longest duration any setting takes (one day)
-MAX_TEXT = 4096  # the longest string setting
-
-
-def _check_text(value: Any) -> Any:
-    if isinstance(value, Path) and "\x00" in str(value):
-        raise ValueError("a path must not contain a NUL character")
-    if isinstance(value, str):
-        if len(value) > MAX_TEXT:
-            raise ValueError(f"longer than {MAX_TEXT} characters")
-        if any(0xD800 <= ord(c) <= 0xDFFF for c in value):
-            raise ValueError("not valid Unicode (a lone surrogate: undecodable bytes?)")
-    return value
+from edged.config.section import DEVICE_ID_PATTERN, MAX_SECONDS, Section
+from edged.config.sources import SourceConfig
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
-
-    @field_validator("*", mode="after")
-    @classmethod
-    def _text(cls, value: Any) -> Any:
-        if isinstance(value, list | tuple):
-            for item in value:
-                _check_text(item)
-        return _check_text(value)
-
-
-class Roi(_Section):
-    """Region of interest cropped from each frame before inference (pixels of the raw frame)."""
-
-    x: int = Field(0, ge=0, le=65535, description="Left edge in pixels.")
-    y: int = Field(0, ge=0, le=65535, description="Top edge in pixels.")
-    width: int = Field(..., gt=0, le=65535, description="Width in pixels.")
-    height: int = Field(..., gt=0, le=65535, description="Height in pixels.")
-
-
-class _SourceBase(_Section):
-    roi: Roi | None = Field(None, description="Optional crop applied before rotation.")
-    rotate: Literal[0, 90, 180, 270] = Field(0, description="Clockwise rotation in degrees.")
-    read_timeout_s: float = Field(
-        5.0, gt=0, le=MAX_SECONDS, description="A read that takes longer than this is a fault."
-    )
-    retry_min_s: float = Field(
-        0.5, gt=0, le=MAX_SECONDS, description="First retry delay after a source fault."
-    )
-    retry_max_s: float = Field(
-        30.0, gt=0, le=MAX_SECONDS, description="Longest retry delay (exponential backoff)."
-    )
-    max_image_pixels: int = Field(
-        4096 * 4096,
-        ge=1,
-        le=1_000_000_000,
-        description="A frame or image of more pixels is skipped and counted (checked before "
-        "an image file is decoded).",
-    )
-
-
-class FilesSource(_SourceBase):
-    type: Literal["files"] = Field("files", description="Source type.")
-    path: str = Field(
-        ..., description="A directory (all images in it, sorted) or a glob such as 'img/*.jpg'."
-    )
-    fps: float = Field(1.0, gt=0, le=1000, description="Frames per second to emit.")
-    loop: bool = Field(False, description="Start again after the last image instead of ending.")
-    max_image_bytes: int = Field(
-        64 * 1024 * 1024,
-        ge=1,
-        le=4 * 1024**3,
-        description="An image file larger than this is skipped and counted without reading it.",
-    )
-
-
-class OpenCVSource(_SourceBase):
-    type: Literal["opencv"] = Field("opencv", description="Source type.")
-    device: int | str = Field(
-        0, description="V4L2 device index (0 = /dev/video0), an rtsp:// or http:// URL, or a file."
-    )
-    width: int | None = Field(
-        None, gt=0, le=65535, description="Requested capture width (device sources)."
-    )
-    height: int | None = Field(None, gt=0, le=65535, description="Requested capture height.")
-    fps: float | None = Field(
-        None,
-        gt=0,
-        le=1000,
-        description="Cap on frames per second read (None = as fast as the source).",
-    )
-    loop: bool = Field(False, description="Rewind a video file at its end.")
-
-
-class Picamera2Source(_SourceBase):
-    type: Literal["picamera2"] = Field("picamera2", description="Source type.")
-    camera: int = Field(
-        0, ge=0, le=64, description="Camera index as listed by Picamera2.global_camera_info()."
-    )
-    main_size: tuple[int, int] = Field(
-        (1280, 960), description="Main stream size; the lores stream is sized to the model input."
-    )
-    lores_format: Literal["auto", "YUV420", "RGB888"] = Field(
-        "auto", description="'auto' = RGB888 on Pi 5, YUV420 on Pi 4 and earlier."
-    )
-    fps: float | None = Field(
-        None, gt=0, le=120, description="Frame rate requested from the sensor."
-    )
-
-
-SourceConfig = Annotated[FilesSource | OpenCVSource | Picamera2Source, Field(discriminator="type")]
-
-
-class ModelConfig(_Section):
+class ModelConfig(Section):
     path: Path = Field(..., description="A .tflite model or an edged bundle (.edgb).")
     labels: Path | None = Field(
         None, description="Label file, one per line; default: bundle or embedded metadata labels."
@@ -177,14 +73,14 @@ class ModelConfig(_Section):
         return value
 
 
-class TlsConfig(_Section):
+class TlsConfig(Section):
     ca_file: Path | None = Field(None, description="CA bundle; the server certificate is verified.")
     cert_file: Path | None = Field(None, description="Client certificate (PEM) for mutual TLS.")
     key_file: Path | None = Field(None, description="Client private key (PEM).")
     insecure: bool = Field(False, description="Skip hostname verification (testing only).")
 
 
-class MqttConfig(_Section):
+class MqttConfig(Section):
     host: str = Field("localhost", min_length=1, description="Broker host name or address.")
     port: int = Field(1883, gt=0, lt=65536, description="Broker TCP port.")
     protocol: Literal["5", "3.1.1"] = Field("5", description="MQTT protocol version.")
@@ -216,7 +112,7 @@ class MqttConfig(_Section):
         return self.password
 
 
-class PublishConfig(_Section):
+class PublishConfig(Section):
     mode: Literal["every", "change"] = Field(
         "every", description="'every' result, or only when the stable label 'change's."
     )
@@ -286,7 +182,7 @@ class PublishConfig(_Section):
 GroupName = Annotated[str, Field(pattern=DEVICE_ID_PATTERN)]
 
 
-class UpdateConfig(_Section):
+class UpdateConfig(Section):
     """Over-the-air model updates (``python -m tools push``); see ``edged.update``."""
 
     enabled: bool = Field(
@@ -355,7 +251,7 @@ class UpdateConfig(_Section):
     )
 
 
-class HomeAssistantConfig(_Section):
+class HomeAssistantConfig(Section):
     """Home Assistant MQTT discovery; see ``edged.features.homeassistant``."""
 
     enabled: bool = Field(
@@ -371,7 +267,7 @@ class HomeAssistantConfig(_Section):
     )
 
 
-class ControlConfig(_Section):
+class ControlConfig(Section):
     """Settings and commands over MQTT; see ``edged.features.control``."""
 
     enabled: bool = Field(
@@ -381,7 +277,7 @@ class ControlConfig(_Section):
     )
 
 
-class StatsConfig(_Section):
+class StatsConfig(Section):
     """Runtime statistics; see ``edged.features.stats``."""
 
     interval_s: float = Field(
@@ -413,7 +309,7 @@ class StatsConfig(_Section):
         return value
 
 
-class Config(_Section):
+class Config(Section):
     device_id: str = Field(
         ..., pattern=DEVICE_ID_PATTERN, description="Lower-case id; becomes part of every topic."
     )

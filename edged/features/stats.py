@@ -10,9 +10,10 @@ counters through ``probe``, the publisher's counters, the process's resident mem
 ``null`` where there is none). Each snapshot closes an *interval*: ``fps`` and the inference
 time percentiles cover the frames classified since the previous snapshot.
 
-The Prometheus endpoint (``[stats] prometheus_port``, off by default) is prometheus-client's
-``MetricsHandler`` on a stdlib ``http.server`` thread, serving ``GET /metrics`` only (text
-exposition format 0.0.4, or OpenMetrics when asked), bound to ``127.0.0.1`` unless
+The Prometheus endpoint (``[stats] prometheus_port``, off by default; built in
+:mod:`edged.features.metrics`) is prometheus-client's ``MetricsHandler`` on a stdlib
+``http.server`` thread, serving ``GET /metrics`` only (text exposition format 0.0.4, or
+OpenMetrics when asked), bound to ``127.0.0.1`` unless
 ``prometheus_host`` says otherwise. Its registry is the daemon's own (never prometheus-client's
 global one) and holds one collector that reads the counters live at each scrape; the inference
 summary and ``edged_fps`` are those of the last closed interval.
@@ -26,7 +27,7 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -45,7 +46,6 @@ THERMAL_ZONE = Path("/sys/class/thermal/thermal_zone0/temp")
 SAMPLES_MAX = 4096  # classify times kept per interval (the newest, when frames are faster)
 IDLE_WINDOW_S = 60.0  # interval length when only the Prometheus endpoint is on
 FIRST_SNAPSHOT_S = 5.0  # the first snapshot comes this soon after start (or one period, if shorter)
-MODEL_LABELS = ("name", "version", "sha256")  # edged_model_info's labels
 
 
 def cpu_temperature(path: Path = THERMAL_ZONE) -> float | None:
@@ -262,18 +262,9 @@ class Stats:
         left alone), holding one collector that reads this object at each scrape.
         prometheus-client is imported here, when metrics are first asked for."""
         if self._registry is None:
-            from prometheus_client import CollectorRegistry
-            from prometheus_client.registry import Collector
+            from edged.features.metrics import registry_of
 
-            stats = self
-
-            class Figures(Collector):
-                def collect(self) -> Iterable[Metric]:
-                    return stats.metric_families()
-
-            registry = CollectorRegistry()
-            registry.register(Figures())
-            self._registry = registry
+            self._registry = registry_of(self.metric_families)
         return self._registry
 
     def metrics_text(self) -> str:
@@ -284,131 +275,24 @@ class Stats:
 
     def metric_families(self) -> list[Metric]:
         """The metric families of one scrape: counters read now, the last closed interval."""
-        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+        from edged.features.metrics import metric_families
 
         c = self._probe()
         with self._lock:
             totals = self._totals
             iv, count, sum_ms = totals.last, totals.count, totals.sum_ms
-        mqtt = c.mqtt
-        queued = max(0, mqtt.get("queued", 0) - mqtt.get("inflight", 0))
-        gauge, counter = GaugeMetricFamily, CounterMetricFamily
-        summary = Metric(
-            "edged_inference_seconds",
-            "Time to classify one frame (preprocess, invoke, postprocess); quantiles over the "
-            "last interval.",
-            "summary",
-        )
-        summary.add_sample("edged_inference_seconds", {"quantile": "0.5"}, _nan(iv.p50_ms))
-        summary.add_sample("edged_inference_seconds", {"quantile": "0.99"}, _nan(iv.p99_ms))
-        summary.add_sample("edged_inference_seconds_sum", {}, sum_ms / 1000.0)
-        summary.add_sample("edged_inference_seconds_count", {}, count)
-        families: list[Metric] = [
-            gauge("edged_uptime_seconds", "Seconds since the daemon started.",
-                  value=time.monotonic() - self.started),
-            gauge("edged_paused", "1 while classification is paused.", value=int(c.paused)),
-            counter("edged_frames_captured_total", "Frames the source delivered.",
-                    value=c.captured),
-            counter("edged_frames_processed_total", "Frames classified.", value=c.processed),
-            counter("edged_frames_dropped_total",
-                    "Frames replaced by a newer one before they were classified.",
-                    value=c.dropped),
-            counter("edged_frames_skipped_total", "Unreadable inputs skipped.", value=c.skipped),
-            counter("edged_predictions_published_total", "Prediction events published.",
-                    value=c.predictions),
-            gauge("edged_fps", "Frames classified per second over the last interval.",
-                  value=iv.fps),
-            summary,
-            gauge("edged_mqtt_connected", "1 while connected to the broker.",
-                  value=int(c.connected)),
-            counter("edged_mqtt_messages_published_total",
-                    "Messages the broker acknowledged (QoS 0: sent).",
-                    value=mqtt.get("published", 0)),
-            counter("edged_mqtt_publish_failures_total",
-                    "Messages rejected by the broker or undeliverable.",
-                    value=mqtt.get("failures", 0)),
-            counter("edged_mqtt_messages_dropped_total",
-                    "Messages dropped because the outbox was full (oldest first).",
-                    value=mqtt.get("dropped", 0)),
-            counter("edged_mqtt_reconnects_total", "Reconnections to the broker.",
-                    value=mqtt.get("reconnects", 0)),
-            counter("edged_mqtt_messages_dropped_by_broker_total",
-                    "Messages the broker refused or could not take (refusal in PUBACK/PUBREC, "
-                    "over its packet size limit), dropped.",
-                    value=mqtt.get("dropped_by_broker", 0)),
-            counter("edged_mqtt_takeovers_total",
-                    "Connections taken over by another client with the same client id.",
-                    value=mqtt.get("takeovers", 0)),
-            gauge("edged_mqtt_queue_depth", "Messages waiting to be sent.", value=queued),
-            gauge("edged_mqtt_inflight", "Messages sent and not yet acknowledged.",
-                  value=mqtt.get("inflight", 0)),
-        ]  # fmt: skip
-        if c.spool_depth is not None:
-            families.append(gauge("edged_spool_depth", "Messages held in the on-disk outbox.",
-                                  value=c.spool_depth))  # fmt: skip
-        rss = rss_bytes()
-        if rss is not None:
-            families.append(gauge("edged_resident_memory_bytes", "Resident memory of the daemon.",
-                                  value=rss))  # fmt: skip
-        temp = cpu_temperature(self.thermal_path)
-        if temp is not None:
-            families.append(gauge("edged_cpu_temperature_celsius", "CPU temperature.", value=temp))
-        info = gauge("edged_model_info", "The model classifying frames (always 1).",
-                     labels=MODEL_LABELS)  # fmt: skip
-        info.add_metric([_label(c.model.get(k)) for k in MODEL_LABELS], 1)
-        families.append(info)
-        return families
+        return metric_families(
+            c, iv, count, sum_ms, uptime=time.monotonic() - self.started, rss=rss_bytes(),
+            temp=cpu_temperature(self.thermal_path),
+        )  # fmt: skip
 
     def _serve(self, host: str, port: int) -> None:
-        from http.server import ThreadingHTTPServer  # only when enabled
+        from edged.features.metrics import serve
 
-        from prometheus_client import MetricsHandler
-
-        class Handler(MetricsHandler):
-            registry = self.registry
-            timeout = 5  # seconds a client may take to send its request
-
-            def do_GET(self) -> None:
-                if self.path.split("?", 1)[0] != "/metrics":
-                    self.send_error(404, "only /metrics here")
-                    return
-                try:
-                    super().do_GET()  # renders the whole body before it sends anything
-                except Exception:
-                    log.exception("metrics failed")
-                    self.send_error(500)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass  # one line per scrape would flood the journal
-
-        try:
-            server = ThreadingHTTPServer((host, port), Handler)
-        except OSError as err:
-            log.error(
-                "metrics endpoint: cannot listen on %s:%d (%s); continuing without it",
-                host,
-                port,
-                err.strerror or err,
-            )
-            return
-        server.daemon_threads = True
-        self._server = server
-        self._server_thread = threading.Thread(
-            target=server.serve_forever, kwargs={"poll_interval": 0.2}, name="edged-metrics",
-            daemon=True,
-        )  # fmt: skip
-        self._server_thread.start()
-        log.info("metrics on http://%s:%d/metrics", *self.endpoint or (host, port))
+        served = serve(self.registry, host, port)
+        if served is not None:
+            self._server, self._server_thread = served
 
 
 def _round(ms: float | None) -> float | None:
     return None if ms is None else round(ms, 3)
-
-
-def _nan(ms: float | None) -> float:
-    """Milliseconds as seconds; NaN for none (a quantile of an empty interval)."""
-    return math.nan if ms is None else ms / 1000.0
-
-
-def _label(value: Any) -> str:
-    return "" if value is None else str(value)

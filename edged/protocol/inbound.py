@@ -1,5 +1,5 @@
 """The JSON payloads a device receives (one model each), after the bounded, strict JSON parse
-of their handler (``edged.update.wire.loads_object``, ``edged.features.control.parse``).
+of their handler (``edged.update.wire.loads_object``, ``edged.features.settings.parse``).
 
 Each model checks the types and ranges; :meth:`~edged.protocol.base.Inbound.refusal` gives
 the one line reported for the first problem. Signed payloads (offers, commands) keep their
@@ -34,7 +34,7 @@ ControlCommand = Literal["stats", "ha_remove", "ha_announce", "reset"]
 
 class ControlRequest(BaseModel):
     """A control message (``<base>/set``): every key optional; the sections are checked by the
-    config file's own models (``edged.features.control.validate``)."""
+    config file's own models (``edged.features.settings.validate``)."""
 
     model_config = ConfigDict(extra="forbid")
 

@@ -14,11 +14,8 @@ publisher resends whatever was unacknowledged). On a lost connection the owner g
 window's content back (``SessionEvents.lost``) and, unless the connection went to another
 client, is told to blame the message in flight (``SessionEvents.strike``).
 
-A connection the broker hands to another client with our client id (MQTT 5 reason 0x8E
-"Session taken over"; without a reason - MQTT 3.1.1, and mosquitto 2.0 under MQTT 5 too - a
-connection the broker closes within ``STABLE_S`` of accepting it with nothing in flight, not
-a keepalive timeout) counts as a takeover; repeated ones are reported once with the likely
-cause. The reconnect backoff grows across connections shorter than ``STABLE_S``, so neither a
+A connection handed to another client with our client id counts as a takeover; repeated
+ones are reported once with the likely cause (``edged.publish.takeover``). The reconnect backoff grows across connections shorter than ``STABLE_S``, so neither a
 takeover fight nor a refused message makes a reconnect storm.
 """
 
@@ -47,6 +44,7 @@ from edged.publish.connect import (
     shutdown_socket,
 )
 from edged.publish.paho_client import Client
+from edged.publish.takeover import KEEPALIVE, TAKEOVER, Takeovers
 from edged.publish.topics import Topics
 from edged.publish.window import MAX_INFLIGHT, Limits, Lost
 
@@ -54,9 +52,6 @@ __all__ = ["MqttSession", "SessionEvents"]
 
 log = logging.getLogger("edged.mqtt")
 
-TAKEOVERS_REPORTED = 2  # takeovers in a row (connections shorter than STABLE_S) -> one warning
-TAKEOVER = 0x8E  # MQTT 5 DISCONNECT reason: Session taken over
-_KEEPALIVE = 0x8D  # paho's reason for a connection it closed itself: Keep alive timeout
 _WILL_REASON = "Disconnect with will message"
 
 
@@ -114,10 +109,8 @@ class MqttSession:
         self._ever_connected = False
         self._stopping = False
         self._subs: dict[str, int] = {}
-        self._counts = {"reconnects": 0, "connect_failures": 0, "takeovers": 0}
-        self._takeovers_in_row = 0  # since the last connection that lasted STABLE_S
-        self._takeover_reported = False
-        self._suspect_takeover = False  # a quick close without a reason, to be confirmed
+        self._counts = {"reconnects": 0, "connect_failures": 0}
+        self._takeovers = Takeovers()
         self._last_error: str | None = None  # paho's last error log line (e.g. a TLS alert)
         self._refused = False  # this connection's CONNACK refused it (already logged)
 
@@ -138,7 +131,7 @@ class MqttSession:
     def counts(self) -> dict[str, int]:
         """reconnects, connect_failures, takeovers."""
         with self._lock:
-            return dict(self._counts)
+            return {**self._counts, "takeovers": self._takeovers.total}
 
     def start(self) -> None:
         """Set the will, start connecting in the background and return at once."""
@@ -233,7 +226,7 @@ class MqttSession:
             with self._lock:
                 self._counts["connect_failures"] += 1
                 self._refused = True
-                self._suspect_takeover = False
+                self._takeovers.suspect = False
             self.warn.warning(f"broker {self.where} refused the connection: {reason_code}")
             return
         self._last_error = None
@@ -253,8 +246,7 @@ class MqttSession:
                 self._ever_connected = True
                 if reconnect:
                     self._counts["reconnects"] += 1
-                report = self._suspect_takeover and self._count_takeover()
-                self._suspect_takeover = False
+                report = self._takeovers.confirm()
                 self._connected = True
             waiting = self._events.up()
             if subs:
@@ -262,7 +254,7 @@ class MqttSession:
         self.backoff.connected()
         self._connected_event.set()
         if report:
-            self._report_takeovers(False)
+            self._takeovers.report(self.device_id, False, self.backoff.max_s)
         log.info(
             "%s to %s (MQTT %s)%s",
             "reconnected" if reconnect else "connected",
@@ -275,7 +267,7 @@ class MqttSession:
         err = getattr(client, "last_connect_error", None)
         with self._lock:
             self._counts["connect_failures"] += 1
-            self._suspect_takeover = False
+            self._takeovers.suspect = False
         reason = describe_error(err) if err is not None else "connection failed"
         self.warn.warning(f"cannot connect to {self.where}: {reason}")
 
@@ -300,29 +292,28 @@ class MqttSession:
         if was_connected and not stopping:
             with self._lock:
                 if lasted is not None and lasted >= STABLE_S:
-                    self._takeovers_in_row = 0
-                    self._takeover_reported = False
+                    self._takeovers.stable()
                     self.warn.reset()
                 if code == TAKEOVER:
                     takeover = True
-                    report = self._count_takeover()
+                    report = self._takeovers.count()
                 elif not lost.pending and lasted is not None and lasted < STABLE_S:
                     # No reason given (MQTT 3.1.1; mosquitto 2.0 also just closes an MQTT 5
                     # connection it hands over): closed soon after being accepted, by the
                     # broker (not a keepalive timeout), with no message to blame - a takeover
                     # if the broker accepts us again at once (a broker that went away does
                     # not: confirmed in _handle_connect).
-                    takeover = self._suspect_takeover = code != _KEEPALIVE
+                    takeover = self._takeovers.suspect = code != KEEPALIVE
                 if not takeover and lost.pending:
                     blame = True
-                    self._takeovers_in_row = 0
+                    self._takeovers.in_row = 0
         if blame:
             self._events.strike(lost, now)
         if not was_connected:
             # Closed before a CONNACK: e.g. a TLS 1.3 broker refusing our client certificate
             # (the alert arrives after the handshake) or one that never answers.
             with self._lock:
-                self._suspect_takeover = False
+                self._takeovers.suspect = False
             why, self._last_error = self._last_error, None
             if not stopping and not refused:
                 self.warn.warning(
@@ -334,7 +325,7 @@ class MqttSession:
             log.debug("disconnected from %s", self.where)
             return
         if report:
-            self._report_takeovers(code == TAKEOVER)
+            self._takeovers.report(self.device_id, code == TAKEOVER, self.backoff.max_s)
         line = (
             f"connection to {self.where} lost ({reason_code}); {lost.unacked} unacknowledged "
             "message(s) will be resent"
@@ -343,27 +334,6 @@ class MqttSession:
             self.warn.warning(line, key="lost-quickly")  # a storm is not a flood of lines
         else:
             log.warning("%s", line)
-
-    def _count_takeover(self) -> bool:
-        """``_lock`` held; True when the takeovers in a row are to be reported now."""
-        self._counts["takeovers"] += 1
-        self._takeovers_in_row += 1
-        if self._takeovers_in_row >= TAKEOVERS_REPORTED and not self._takeover_reported:
-            self._takeover_reported = True
-            return True
-        return False
-
-    def _report_takeovers(self, by_reason: bool) -> None:
-        log.warning(
-            "another client probably uses client id %s: the broker %s %d times in a row; "
-            "reconnecting with growing delays (up to %g s) instead of fighting over it",
-            self.device_id,
-            'handed our session to it ("Session taken over")'
-            if by_reason
-            else "closed our connection within seconds of accepting it",
-            self._takeovers_in_row,
-            self.backoff.max_s,
-        )
 
     def _handle_log(self, client: mqtt.Client, userdata: Any, level: int, buf: str) -> None:
         if level == mqtt.MQTT_LOG_ERR:

@@ -10,7 +10,7 @@ import time
 import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypedDict
 
 import numpy as np
 
@@ -91,6 +91,39 @@ class FrameSource(abc.ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+Clock = Callable[[], float]
+Sleep = Callable[[float], None]
+
+
+class Pacing(TypedDict, total=False):
+    """:class:`PacedSource`'s keyword arguments, for a subclass's ``**pacing``."""
+
+    clock: Clock
+    sleep: Sleep
+
+
+class PacedSource(FrameSource):
+    """A source that paces its own reads to ``fps`` on a monotonic deadline schedule: sleep
+    overshoot does not accumulate, and a consumer slower than ``fps`` restarts the schedule
+    instead of getting a burst of catch-up frames. ``clock`` and ``sleep`` are for tests."""
+
+    def __init__(self, *, clock: Clock = time.monotonic, sleep: Sleep = time.sleep) -> None:
+        self.skipped = 0
+        self._clock = clock
+        self._sleep = sleep
+        self._next_due: float | None = None
+
+    def _take_due(self, fps: float) -> tuple[float, float]:
+        """When the next frame is due, and now; advances the schedule by one period."""
+        period = 1.0 / fps
+        now = self._clock()
+        if self._next_due is None or now - self._next_due > period:
+            self._next_due = now  # first frame, or the consumer fell behind: restart
+        due = self._next_due
+        self._next_due += period
+        return due, now
 
 
 def transform(image: np.ndarray, roi: Roi | None, rotate: int) -> np.ndarray:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import glob
 import logging
 import os
-import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Unpack
 
 import numpy as np
 from PIL import Image
@@ -17,7 +17,8 @@ from edged.errors import FrameRejected, SourceError
 from edged.sources.base import (
     DEFAULT_MAX_PIXELS,
     Frame,
-    FrameSource,
+    PacedSource,
+    Pacing,
     RateLimitedLog,
     one_line,
     safe_name,
@@ -108,7 +109,7 @@ def load_rgb(
     return read_image(path, max_pixels=max_pixels, max_bytes=max_bytes, check=check)
 
 
-class FilesFrameSource(FrameSource):
+class FilesFrameSource(PacedSource):
     """Emit the images at ``cfg.fps``, once or looping.
 
     Unreadable images are skipped (``self.skipped`` counts distinct files; each is logged
@@ -122,20 +123,11 @@ class FilesFrameSource(FrameSource):
     frames. The pacing wait does not count against ``read_timeout_s`` (:meth:`pace`).
     """
 
-    def __init__(
-        self,
-        cfg: FilesSource,
-        *,
-        clock: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], None] = time.sleep,
-    ) -> None:
+    def __init__(self, cfg: FilesSource, **pacing: Unpack[Pacing]) -> None:
+        super().__init__(**pacing)
         self.cfg = cfg
-        self.skipped = 0
-        self._clock = clock
-        self._sleep = sleep
         self._paths: list[Path] = []
         self._index = 0
-        self._next_due: float | None = None
         self._bad: set[Path] = set()
         self._open = False
         self._cancelled = False
@@ -215,14 +207,9 @@ class FilesFrameSource(FrameSource):
         )
 
     def _wait_until_due(self) -> None:
-        period = 1.0 / self.cfg.fps
-        now = self._clock()
-        if self._next_due is None or now - self._next_due > period:
-            self._next_due = now  # first frame, or the consumer fell behind: restart
-        delay = self._next_due - now
-        if delay > 0:
-            self.pace(self._sleep, delay)
-        self._next_due += period
+        due, now = self._take_due(self.cfg.fps)
+        if due > now:
+            self.pace(self._sleep, due - now)
 
     def read(self) -> Frame | None:
         if not self._open:

@@ -9,16 +9,14 @@ import logging
 import re
 import sys
 import threading
-import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Unpack
 
 import numpy as np
 
 from edged.config import OpenCVSource
 from edged.errors import SourceError
-from edged.sources.base import Frame, FrameSource, transform, uint8_image
+from edged.sources.base import Frame, PacedSource, Pacing, transform, uint8_image
 
 log = logging.getLogger("edged.sources")
 
@@ -48,7 +46,7 @@ def _describe(device: int | str) -> str:
     return f"/dev/video{device}" if isinstance(device, int) else str(device)
 
 
-class OpenCVFrameSource(FrameSource):
+class OpenCVFrameSource(PacedSource):
     """Read frames with OpenCV, converted BGR -> RGB, cropped and rotated.
 
     Live sources (devices, URLs) ask for a one-frame buffer and, under an ``fps``
@@ -60,22 +58,13 @@ class OpenCVFrameSource(FrameSource):
     capture is then released by the reading thread once its read returns.
     """
 
-    def __init__(
-        self,
-        cfg: OpenCVSource,
-        *,
-        clock: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], None] = time.sleep,
-    ) -> None:
+    def __init__(self, cfg: OpenCVSource, **pacing: Unpack[Pacing]) -> None:
+        super().__init__(**pacing)
         self.cfg = cfg
-        self.skipped = 0
-        self._clock = clock
-        self._sleep = sleep
         self._cv2: Any = None
         self._cap: Any = None
         self._kind, self._target = classify_device(cfg.device)
         self._frame_index = 0
-        self._next_due: float | None = None
         self._lock = threading.Lock()
         self._reading = False
         self._orphan: Any = None
@@ -169,12 +158,7 @@ class OpenCVFrameSource(FrameSource):
     def _read_image(self, cap: Any) -> np.ndarray | None:
         if self.cfg.fps is None:
             return self._read_one(cap)
-        period = 1.0 / self.cfg.fps
-        now = self._clock()
-        if self._next_due is None or now - self._next_due > period:
-            self._next_due = now
-        due = self._next_due
-        self._next_due += period
+        due, now = self._take_due(self.cfg.fps)
         if not self.live:
             if due > now:
                 self.pace(self._sleep, due - now)

@@ -29,7 +29,7 @@ A result::
 version already active, or for a transfer already answered (the retained offer is delivered
 again at every reconnect), is ignored without a result. Anything refused before it is
 authenticated (a malformed or unsigned offer, a bad command) is answered with ``transfer_id``
-null, at most once a second (:data:`~edged.update.updater.REFUSALS_PER_S`).
+null, at most once a second (:data:`~edged.update.report.REFUSALS_PER_S`).
 
 The path of a bundle: offer authenticated (its Ed25519 signature by a trusted key, its
 ``target``, its ``issued`` time: :mod:`edged.update.transfer`) -> offer checked (size limit,

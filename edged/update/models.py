@@ -20,9 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edged.config import Config
-from edged.errors import BundleError, EdgedError, ModelError
+from edged.errors import BundleError, EdgedError, ModelError, Refused
 from edged.model.bundle import DEFAULT_MAX_BYTES, read_bundle
 from edged.model.classifier import Classifier
+from edged.update.command import Command
 from edged.update.store import ModelRecord, State, Store
 
 log = logging.getLogger("edged.update")
@@ -162,3 +163,31 @@ def _save(store: Store, state: State) -> None:
         store.save(state)
     except OSError as err:
         log.warning("cannot save update state in %s: %s", store.dir, err)
+
+
+def find_kept(state: State, cmd: Command) -> ModelRecord:
+    """The model in ``state`` (active or kept) that a rollback command names: exactly one,
+    else :class:`Refused` saying why."""
+
+    def matches(r: ModelRecord) -> bool:
+        if cmd.version is not None and (r.version or 0) != cmd.version:
+            return False
+        if cmd.name is not None and r.name != cmd.name:
+            return False
+        shas = (r.sha256, r.bundle_sha256 or "")
+        return cmd.sha256 is None or any(x.startswith(cmd.sha256) for x in shas)
+
+    active = state.active
+    found = [r for r in (active, *state.kept()) if r is not None and matches(r)]
+    if len(found) > 1:
+        names = ", ".join(f"{describe(r)}{' (active)' if r is active else ''}" for r in found)
+        raise Refused(
+            f"{cmd.target()} is ambiguous: {names} (name a version, or a longer sha256 "
+            "prefix: of the bundle if they share a model)"
+        )
+    if found and found[0] is active:
+        raise Refused(f"{cmd.target()} is already active ({describe(active)})")
+    if not found:
+        kept = ", ".join(f"{describe(r)} ({r.sha256[:12]})" for r in state.kept())
+        raise Refused(f"{cmd.target()} is not kept here (kept: {kept or 'none'})")
+    return found[0]

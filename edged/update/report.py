@@ -1,10 +1,16 @@
-"""What a device says about updates: results (``update/result``) and its model (``model``)."""
+"""What a device says about updates: results (``update/result``) and its model (``model``).
+
+:class:`Reporter` publishes them for the :class:`~edged.update.updater.Updater`; refusals of
+unauthenticated or malformed input are rate limited (``REFUSALS_PER_S``), in the results and in
+the log, so a flood of them costs the device nothing else.
+"""
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from edged.protocol.payloads import (
     ActiveModel,
@@ -15,6 +21,16 @@ from edged.protocol.payloads import (
     UpdateStatus,
 )
 from edged.update.store import ModelRecord, State
+from edged.update.wire import clip
+
+if TYPE_CHECKING:
+    from edged.publish.api import PublisherAPI
+    from edged.update.transfer import Transfer
+
+log = logging.getLogger("edged.update")
+
+REFUSALS_PER_S, REFUSAL_BURST = 1.0, 5  # results for unauthenticated or malformed input
+LOG_EVERY_S = 10.0  # log lines for them: one per this many seconds
 
 
 def result_payload(
@@ -100,3 +116,60 @@ class Throttle:
         with self._lock:
             n, self.suppressed = self.suppressed, 0
             return n
+
+
+class Reporter:
+    """Publishes the updater's results and its retained model state (any thread)."""
+
+    def __init__(self, publisher: PublisherAPI, device: str, groups: list[str]) -> None:
+        self.publisher = publisher
+        self.device = device
+        self.groups = list(groups)
+        self._refusals = Throttle(REFUSALS_PER_S, REFUSAL_BURST)
+        self._log_throttle = Throttle(1 / LOG_EVERY_S, 1)
+
+    def result(
+        self, tid: str | None, name: str | None, version: int | None, status: UpdateStatus,
+        reason: str, **extra: Any,
+    ) -> None:  # fmt: skip
+        payload = result_payload(self.device, tid, name, version, status, reason, **extra)
+        self.publisher.publish(self.publisher.topics.update_result, payload.to_bytes(), qos=1)
+
+    def refused(self, what: str, reason: str, **extra: Any) -> None:
+        """A refused message from outside (unauthenticated or malformed): a result and a log
+        line, both rate limited."""
+        reason = clip(f"{what} refused: {reason}")
+        if self._log_throttle.allow():
+            n = self._log_throttle.take_suppressed()
+            more = f" ({n} similar suppressed)" if n else ""
+            log.warning("%s%s", reason, more)
+        else:
+            log.debug("%s", reason)
+        if self._refusals.allow():
+            self.result(None, None, None, "rejected", reason, **extra)
+
+    def hello(self, state: State) -> dict[str, Any]:
+        """Who this device is, for its requests on ``update/request`` (edged.update.receiver)."""
+        active = state.active
+        return {
+            "device": self.device,
+            "groups": list(self.groups),
+            "active": None
+            if active is None
+            else {"name": active.name, "version": active.version, "sha256": active.sha256},
+        }
+
+    def model(self, state: State, current: Transfer | None) -> None:
+        """The retained ``model`` topic, with ``current`` the transfer in progress."""
+        receiving = (
+            Receiving.model_construct(
+                transfer_id=current.offer.transfer_id,
+                name=current.offer.name,
+                version=current.offer.version,
+                chunks=len(current.offer.chunks),
+            )
+            if current is not None
+            else None
+        )
+        payload = model_payload(self.device, state, groups=self.groups, receiving=receiving)
+        self.publisher.publish(self.publisher.topics.model, payload.to_bytes(), qos=1, retain=True)

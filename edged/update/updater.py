@@ -1,15 +1,14 @@
 """Orchestration of over-the-air updates on the device (see ``edged.update`` for the protocol).
 
 Threads: paho's network thread calls :meth:`Updater.on_message`, which only sorts the message
-into a bounded queue (chunks of anything but the current transfer are dropped there, offers are
-coalesced to the newest per scope, commands are limited in size and number); the frame loop
+into a bounded queue (:class:`~edged.update.inbox.Inbox`); the frame loop
 takes swaps from :attr:`Updater.slot` and reports in-service verdicts through the monitor;
 everything else -- writing chunks, verifying, validating, loading, committing, rolling back,
 reporting -- happens on the update thread, one thing at a time.
 
 No payload on an update topic can raise out of its handler: a refused message gets one line on
-``update/result`` and in the log, both rate limited (``REFUSALS_PER_S``), so a flood of them
-costs the device nothing else. An offer is authenticated (its Ed25519 signature, its target,
+``update/result`` and in the log, both rate limited (:class:`~edged.update.report.Reporter`),
+so a flood of them costs the device nothing else. An offer is authenticated (its Ed25519 signature, its target,
 its ``issued`` time) before anything is reserved for it.
 """
 
@@ -23,31 +22,24 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic import TypeAdapter, ValidationError
-
 from edged.config import Config
-from edged.errors import BundleError, EdgedError, OfferError, Refused, WireError
+from edged.errors import BundleError, EdgedError, OfferError, Refused
 from edged.model.bundle import read_bundle
 from edged.model.classifier import Classifier, warm_up
-from edged.protocol.inbound import MAX_COMMAND_BYTES, UnixTime
-from edged.protocol.payloads import Receiving, UpdateStatus
+from edged.protocol.payloads import UpdateStatus
 from edged.publish.api import PublisherAPI
 from edged.publish.topics import offer_topic
-from edged.update.command import (
-    Command,
-    CommandError,
-    load_trusted_keys,
-    verify_command,
-)
-from edged.update.models import Boot, config_record, describe, load_record
+from edged.update.admit import authenticate, screen
+from edged.update.command import CommandError, load_trusted_keys, verify_command
+from edged.update.inbox import Inbox, issued_of
+from edged.update.models import Boot, config_record, describe, find_kept, load_record
 from edged.update.monitor import ServiceMonitor
 from edged.update.receiver import Receiver, oserror
-from edged.update.report import Throttle, model_payload, result_payload
+from edged.update.report import Reporter
 from edged.update.slot import ModelSlot, Swap
 from edged.update.store import ModelRecord, Store
-from edged.update.transfer import Offer, max_offer_bytes, verify_offer
+from edged.update.transfer import Offer, max_offer_bytes
 from edged.update.validate import Validator
-from edged.update.wire import clip, loads_object
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -58,21 +50,6 @@ ACCEPTED: UpdateStatus = "accepted"
 REJECTED: UpdateStatus = "rejected"
 ROLLED_BACK: UpdateStatus = "rolled_back"
 CONFIRMED: UpdateStatus = "confirmed"
-REFUSALS_PER_S, REFUSAL_BURST = 1.0, 5  # results for unauthenticated or malformed input
-LOG_EVERY_S = 10.0  # log lines for them: one per this many seconds
-MAX_QUEUED_COMMANDS = 8
-
-
-_ISSUED: TypeAdapter[int | float] = TypeAdapter(UnixTime)
-
-
-def _issued_of(payload: bytes) -> float | None:
-    """A refused command's own ``issued`` (for the sender to match the answer), if sane."""
-    try:
-        issued = loads_object(payload, "command", MAX_COMMAND_BYTES).get("issued")
-        return float(_ISSUED.validate_python(issued))
-    except (WireError, ValidationError):
-        return None
 
 
 class Updater:
@@ -94,24 +71,24 @@ class Updater:
         state.highest_version = max(state.highest_version, state.active.version or 0)
         self.state = state
         self._boot_note = boot.rolled_back
-        self._queue: queue.Queue[tuple[Any, ...]] = queue.Queue()
-        self._inbox_lock = threading.Lock()
-        self._offers: dict[str, bytes] = {}  # scope -> newest offer payload not yet handled
-        self._commands = 0  # commands queued
-        self._max_offer = max_offer_bytes(self.ucfg.max_bundle_bytes)
-        self._refusals = Throttle(REFUSALS_PER_S, REFUSAL_BURST)
-        self._log_throttle = Throttle(1 / LOG_EVERY_S, 1)
+        self.report = Reporter(publisher, self.device, list(self.ucfg.groups))
         self.receiver = Receiver(
             self.store,
             publisher,
             scopes=[self.topics.base, *(self.topics.group_base(g) for g in self.ucfg.groups)],
             timeout_s=self.ucfg.transfer_timeout_s,
-            screen=self._screen,
+            screen=lambda offer: screen(self.state, offer, self.ucfg.max_bundle_bytes),
             refuse=lambda offer, reason: self._answer(offer, REJECTED, reason),
             complete=self._install,
             changed=self._publish_model,
             request_topic=self.topics.update_request,
-            hello=self._hello,
+            hello=lambda: self.report.hello(self.state),
+        )
+        self.inbox = Inbox(
+            command_topic=self.topics.update_command,
+            match=self.receiver.match,
+            max_offer=max_offer_bytes(self.ucfg.max_bundle_bytes),
+            refused=self.report.refused,
         )
         self._keys: list[Ed25519PublicKey] | None = None
         self._stop = threading.Event()
@@ -134,7 +111,7 @@ class Updater:
         self._publish_model()
         if self._boot_note is not None and self.state.last_update is not None:
             last = self.state.last_update
-            self._publish_result(
+            self.report.result(
                 last.get("transfer_id"), None, last.get("version"), ROLLED_BACK, self._boot_note
             )
         self._thread = threading.Thread(target=self._run, name="edged-update", daemon=True)
@@ -149,7 +126,7 @@ class Updater:
     def stop(self, timeout: float = 2.0) -> None:
         self._stop.set()
         self.validator.cancel()
-        self._queue.put(("stop",))
+        self.inbox.queue.put(("stop",))
         if self._thread is not None:
             self._thread.join(timeout)
 
@@ -165,64 +142,17 @@ class Updater:
     def on_message(self, topic: str, payload: bytes) -> None:
         """paho's network thread: sort and queue, nothing more; never raises."""
         try:
-            self._sort(topic, bytes(payload))
+            self.inbox.sort(topic, bytes(payload))
         except Exception as err:  # a bug: the network thread must go on
-            self._refused("update message", f"cannot handle it ({type(err).__name__})")
-
-    def _sort(self, topic: str, payload: bytes) -> None:
-        if topic == self.topics.update_command:
-            if len(payload) > MAX_COMMAND_BYTES:
-                self._refused(
-                    "command", f"{len(payload)} bytes, over the {MAX_COMMAND_BYTES}-byte limit"
-                )
-                return
-            with self._inbox_lock:
-                if self._commands >= MAX_QUEUED_COMMANDS:
-                    full = True
-                else:
-                    full, self._commands = False, self._commands + 1
-            if full:
-                self._refused("command", "too many commands waiting")
-                return
-            self._queue.put(("command", payload))
-            return
-        match = self.receiver.match(topic)
-        if match is None:
-            return
-        if match[0] == "offer":
-            if len(payload) > self._max_offer:
-                self._refused(
-                    "offer", f"{len(payload)} bytes, over the {self._max_offer}-byte limit"
-                )
-                return
-            with self._inbox_lock:
-                waiting = match[1] in self._offers
-                self._offers[match[1]] = payload
-            if not waiting:
-                self._queue.put(match)
-            return
-        self._queue.put((*match, payload))
-
-    def _refused(self, what: str, reason: str, **extra: Any) -> None:
-        """A refused message from outside (unauthenticated or malformed): a result and a log
-        line, both rate limited; any thread."""
-        reason = clip(f"{what} refused: {reason}")
-        if self._log_throttle.allow():
-            n = self._log_throttle.take_suppressed()
-            more = f" ({n} similar suppressed)" if n else ""
-            log.warning("%s%s", reason, more)
-        else:
-            log.debug("%s", reason)
-        if self._refusals.allow():
-            self._publish_result(None, None, None, REJECTED, reason, **extra)
+            self.report.refused("update message", f"cannot handle it ({type(err).__name__})")
 
     def _monitor(self, record: ModelRecord) -> ServiceMonitor:
         tid = record.transfer_id
         return ServiceMonitor(
             window=self.ucfg.monitor_frames,
             probation=self.ucfg.probation_frames,
-            on_fail=lambda reason: self._queue.put(("failed", tid, reason)),
-            on_pass=lambda: self._queue.put(("passed", tid)),
+            on_fail=lambda reason: self.inbox.queue.put(("failed", tid, reason)),
+            on_pass=lambda: self.inbox.queue.put(("passed", tid)),
             description=describe(record),
         )
 
@@ -231,7 +161,7 @@ class Updater:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                item = self._queue.get(timeout=1.0)
+                item = self.inbox.queue.get(timeout=1.0)
             except queue.Empty:
                 item = ("tick",)
             if item[0] == "stop":
@@ -244,36 +174,34 @@ class Updater:
             getattr(self, f"_on_{item[0]}")(*item[1:])
             self.receiver.tick()
         except Exception as err:  # a bug: keep the daemon and the update thread alive
-            self._refused(str(item[0]), f"handling it failed ({type(err).__name__})")
+            self.report.refused(str(item[0]), f"handling it failed ({type(err).__name__})")
             log.debug("update thread: handling %s failed", item[0], exc_info=True)
 
     def _on_tick(self) -> None:
         pass
 
     def _on_offer(self, scope: str) -> None:
-        with self._inbox_lock:
-            payload = self._offers.pop(scope, b"")
+        payload = self.inbox.take_offer(scope)
         if not payload:  # a cleared retained offer
             return
         try:
-            offer = Offer.from_json(payload, self._max_offer)
+            offer = Offer.from_json(payload, self.inbox.max_offer)
         except OfferError as err:
-            self._refused("offer", str(err))
+            self.report.refused("offer", str(err))
             return
         target = scope[len(self.topics.prefix) + 1 :]
-        if offer.target != target:
-            self._refused("offer", f"it is for {clip(repr(offer.target), 80)}, not {target!r}")
-            return
         try:
-            self._authenticate(offer)
+            authenticate(
+                offer, target, self._trusted_keys(), allow_unsigned=self.ucfg.allow_unsigned
+            )
         except (OfferError, BundleError) as err:
-            self._refused("offer", str(err))
+            self.report.refused("offer", str(err))
             return
         if offer.transfer_id in self.state.answered or self.receiver.busy_with(offer.transfer_id):
             return  # the retained offer again (after a reconnect or a restart)
         last = self.state.offer_issued.get(target)
         if last is not None and offer.issued < last:
-            self._refused(
+            self.report.refused(
                 "offer",
                 f"transfer {offer.transfer_id} was issued at {offer.issued}, before the last "
                 f"offer for {target} ({last}): replay refused",
@@ -287,37 +215,8 @@ class Updater:
                 log.debug("cannot save the update state: %s", err)
         self.receiver.offer(scope, offer)
 
-    def _authenticate(self, offer: Offer) -> None:
-        """Raise :class:`OfferError` unless the offer may be received: signed by a trusted
-        key when keys are configured; unsigned only with no keys and ``allow_unsigned``."""
-        keys = self._trusted_keys()
-        if keys:
-            verify_offer(offer, keys)
-        elif not self.ucfg.allow_unsigned:
-            raise OfferError("no trusted keys configured (update.trusted_keys)")
-
     def _on_chunk(self, prefix: str, index: str, payload: bytes) -> None:
         self.receiver.chunk(prefix, index, payload)
-
-    def _screen(self, offer: Offer) -> bool:
-        """Checks made from the offer alone, before anything is received."""
-        state, limit = self.state, self.ucfg.max_bundle_bytes
-        if offer.transfer_id in state.answered:
-            return False
-        if state.active is not None and state.active.version == offer.version:
-            log.debug("offer %s: version %d is already active", offer.transfer_id, offer.version)
-            return False
-        if offer.size > limit:
-            raise Refused(
-                f"bundle is {offer.size} bytes, over the {limit}-byte limit "
-                "(update.max_bundle_bytes)"
-            )
-        if offer.version <= state.highest_version:
-            raise Refused(
-                f"version {offer.version} is not above the highest accepted version "
-                f"{state.highest_version} (replay or downgrade refused)"
-            )
-        return True
 
     # -- install, rollback ---------------------------------------------------------------------
 
@@ -379,7 +278,7 @@ class Updater:
             ready - t0 - verdict.seconds, 1000 * ((swap.swapped_at or ready) - ready),
         )  # fmt: skip
         self.store.cleanup(self.state, keep=self.cfg.model.path)
-        self._publish_result(offer.transfer_id, offer.name, offer.version, ACCEPTED, "")
+        self.report.result(offer.transfer_id, offer.name, offer.version, ACCEPTED, "")
         self._publish_model()
 
     def _reject_install(self, offer: Offer, installed: str | None, reason: str) -> None:
@@ -421,7 +320,7 @@ class Updater:
         self._swap(clf, None)
         log.warning("rolled back to %s: %s", describe(target), reason)
         name = (failed.name if failed is not None else None) if tid else target.name
-        self._publish_result(tid, name, version, ROLLED_BACK, reason, **extra)
+        self.report.result(tid, name, version, ROLLED_BACK, reason, **extra)
         self._publish_model()
         return ""
 
@@ -445,12 +344,11 @@ class Updater:
             log.warning("cannot record that %s passed its probation: %s", describe(active), err)
         self.state = state
         log.info("%s passed its probation", describe(active))
-        self._publish_result(tid, active.name, active.version, CONFIRMED, "passed its probation")
+        self.report.result(tid, active.name, active.version, CONFIRMED, "passed its probation")
         self._publish_model()
 
     def _on_command(self, payload: bytes) -> None:
-        with self._inbox_lock:
-            self._commands -= 1
+        self.inbox.command_taken()
         try:
             cmd = verify_command(
                 payload,
@@ -459,7 +357,7 @@ class Updater:
                 last_issued=self.state.last_command_issued,
             )
         except (CommandError, BundleError) as err:
-            self._refused("command", str(err), command="rollback", issued=_issued_of(payload))
+            self.report.refused("command", str(err), command="rollback", issued=issued_of(payload))
             return
         extra: dict[str, Any] = {"command": cmd.command, "issued": cmd.issued}
         try:
@@ -469,40 +367,14 @@ class Updater:
             except OSError as err:
                 raise Refused(f"cannot record the command: {oserror(err)}") from None
             self.state = state
-            target = self._find(cmd)
+            target = find_kept(self.state, cmd)
             reason = f"rollback command (key {cmd.key_id})"
             problem = self._rollback(target, reason, None, target.version, **extra)
             if problem:
                 raise Refused(problem)
         except (Refused, BundleError) as err:
             log.warning("command refused: %s", err)
-            self._publish_result(None, None, cmd.version, REJECTED, str(err), **extra)
-
-    def _find(self, cmd: Command) -> ModelRecord:
-        """The kept model that ``cmd`` names (exactly one), else :class:`Refused`."""
-
-        def matches(r: ModelRecord) -> bool:
-            if cmd.version is not None and (r.version or 0) != cmd.version:
-                return False
-            if cmd.name is not None and r.name != cmd.name:
-                return False
-            shas = (r.sha256, r.bundle_sha256 or "")
-            return cmd.sha256 is None or any(x.startswith(cmd.sha256) for x in shas)
-
-        active = self.state.active
-        found = [r for r in (active, *self.state.kept()) if r is not None and matches(r)]
-        if len(found) > 1:
-            names = ", ".join(f"{describe(r)}{' (active)' if r is active else ''}" for r in found)
-            raise Refused(
-                f"{cmd.target()} is ambiguous: {names} (name a version, or a longer sha256 "
-                "prefix: of the bundle if they share a model)"
-            )
-        if found and found[0] is active:
-            raise Refused(f"{cmd.target()} is already active ({describe(active)})")
-        if not found:
-            kept = ", ".join(f"{describe(r)} ({r.sha256[:12]})" for r in self.state.kept())
-            raise Refused(f"{cmd.target()} is not kept here (kept: {kept or 'none'})")
-        return found[0]
+            self.report.result(None, None, cmd.version, REJECTED, str(err), **extra)
 
     # -- reporting -----------------------------------------------------------------------------
 
@@ -524,40 +396,8 @@ class Updater:
             self.store.save(self.state)
         except OSError as err:
             log.debug("cannot save the update state: %s", err)
-        self._publish_result(offer.transfer_id, offer.name, offer.version, status, reason)
+        self.report.result(offer.transfer_id, offer.name, offer.version, status, reason)
         self._publish_model()
 
-    def _publish_result(
-        self, tid: str | None, name: str | None, version: int | None, status: UpdateStatus,
-        reason: str, **extra: Any,
-    ) -> None:  # fmt: skip
-        payload = result_payload(self.device, tid, name, version, status, reason, **extra)
-        self.publisher.publish(self.topics.update_result, payload.to_bytes(), qos=1)
-
-    def _hello(self) -> dict[str, Any]:
-        """Who this device is, for its requests on ``update/request`` (edged.update.receiver)."""
-        active = self.state.active
-        return {
-            "device": self.device,
-            "groups": list(self.ucfg.groups),
-            "active": None
-            if active is None
-            else {"name": active.name, "version": active.version, "sha256": active.sha256},
-        }
-
     def _publish_model(self) -> None:
-        cur = self.receiver.current
-        receiving = (
-            Receiving.model_construct(
-                transfer_id=cur.offer.transfer_id,
-                name=cur.offer.name,
-                version=cur.offer.version,
-                chunks=len(cur.offer.chunks),
-            )
-            if cur is not None
-            else None
-        )
-        payload = model_payload(
-            self.device, self.state, groups=list(self.ucfg.groups), receiving=receiving
-        )
-        self.publisher.publish(self.topics.model, payload.to_bytes(), qos=1, retain=True)
+        self.report.model(self.state, self.receiver.current)

@@ -18,7 +18,8 @@ from edged.publish.topics import chunk_topic, offer_topic
 from edged.update.receiver import MAX_ASKED, Receiver
 from edged.update.store import Store
 from edged.update.transfer import make_offer
-from tools.push import Broker, Received, Resender
+from tools.answers import Resender
+from tools.mqttclient import Broker, Received
 
 DATA = os.urandom(5000)
 

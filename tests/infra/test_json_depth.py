@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from edged.errors import ControlError, WireError
-from edged.features.control import parse
+from edged.features.settings import parse
 from edged.infra.guard import json_depth
 from edged.update.wire import loads_object
 

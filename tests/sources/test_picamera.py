@@ -15,13 +15,8 @@ import pytest
 from edged.config import Picamera2Source, Roi
 from edged.errors import SourceError
 from edged.sources import open_source
-from edged.sources.picamera import (
-    PICAMERA2_MISSING,
-    Picamera2FrameSource,
-    detect_platform,
-    fit,
-    yuv420_to_rgb,
-)
+from edged.sources.picamera import PICAMERA2_MISSING, Picamera2FrameSource, detect_platform
+from edged.sources.pixels import fit, yuv420_to_rgb
 
 MODEL_INPUT = (224, 224)
 TOL = 3  # YUV 4:2:0 round trip, integer rounding

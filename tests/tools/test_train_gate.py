@@ -15,7 +15,7 @@ from edged.model.bundle import read_bundle
 from edged.model.classifier import Classifier
 from tests.tools.test_train_roundtrip import LABELS, make_shapes
 from tools.bundle import main as bundle_main
-from tools.bundle import replay_golden
+from tools.golden import replay_golden
 from tools.train import main as train_main
 
 pytest.importorskip("tensorflow")

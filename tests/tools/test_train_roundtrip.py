@@ -15,7 +15,7 @@ from PIL import Image, ImageDraw
 from edged.model.bundle import GOLDEN, load_public_key, read_bundle
 from edged.model.classifier import Classifier
 from tools.bundle import main as bundle_main
-from tools.bundle import replay_golden
+from tools.golden import replay_golden
 from tools.keygen import main as keygen
 from tools.train import list_image_folder, load_rgb, split_dataset
 from tools.train import main as train_main

@@ -26,8 +26,9 @@ from edged.model.classifier import Classifier
 from edged.publish.mqtt import Publisher
 from edged.publish.topics import chunk_topic
 from edged.update.models import boot
+from edged.update.report import REFUSAL_BURST, REFUSALS_PER_S
 from edged.update.transfer import make_offer
-from edged.update.updater import REFUSAL_BURST, REFUSALS_PER_S, Updater
+from edged.update.updater import Updater
 from tests.daemon import DEMO_MODEL, SAMPLES
 from tests.fuzz import examples
 from tests.update.bundles import Keys, make_bundle, make_keys
@@ -73,7 +74,7 @@ class Harness:
         u = self.updater
         while True:
             try:
-                item = u._queue.get_nowait()
+                item = u.inbox.queue.get_nowait()
             except queue.Empty:
                 return
             getattr(u, f"_on_{item[0]}")(*item[1:])  # raises -> the property fails
@@ -304,8 +305,8 @@ def test_unauthenticated_offers_of_any_size_reserve_nothing(
         f"offer refused: bad offer signature (key {keys.key_id})",
     ]
     # An offer over the size any real offer can have is dropped on the network thread.
-    harness.updater.on_message(OFFER, b"x" * (harness.updater._max_offer + 1))
-    assert harness.updater._queue.empty()
+    harness.updater.on_message(OFFER, b"x" * (harness.updater.inbox.max_offer + 1))
+    assert harness.updater.inbox.queue.empty()
 
 
 def test_a_replayed_older_signed_offer_is_refused_before_anything_is_reserved(
