@@ -12,7 +12,9 @@ Each scenario prints its figures (``pytest -s``) for the README's reliability ta
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
+import signal
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -104,8 +106,19 @@ def test_broker_outage_of_30_s_loses_no_prediction(
     down_wall = time.time()
     time.sleep(OUTAGE_S)
     assert daemon.alive(), daemon.log()
-    broker.start()
-    up, up_wall = time.monotonic(), time.time()
+    # The measuring subscriber must be back before the daemon drains its spool: when the
+    # daemon reconnected within ~0.1 s of the restart, before this subscriber (~1 run in 10
+    # under load), the subscriber missed the start of the backlog and saw the rest in order --
+    # what the broker kept for its restored session, not what the daemon sent. So the daemon
+    # waits, frozen, for the subscriber's re-subscription (its backoff is 0.1-0.5 s).
+    sub._subscribed.clear()
+    os.kill(daemon.pid, signal.SIGSTOP)
+    try:
+        broker.start()
+        up, up_wall = time.monotonic(), time.time()
+        assert sub._subscribed.wait(10), "the subscriber did not re-subscribe"
+    finally:
+        os.kill(daemon.pid, signal.SIGCONT)
     avail = subscriber_factory(broker, AVAILABILITY, qos=1)
     avail.wait_for(lambda m: m.text == "online", timeout=RECONNECT_MAX_S + 10)
     reconnect_s = time.monotonic() - up
