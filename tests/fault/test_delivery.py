@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import json
 import os
-import sqlite3
 import signal
+import sqlite3
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
