@@ -6,8 +6,11 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from edged.config import Config, parse_config
 from edged.publish.topics import Topics
+from edged.sources.base import Frame, FrameSource
 from tests.daemon import DEMO_MODEL, SAMPLES
 
 
@@ -53,3 +56,22 @@ def make_config(state_dir: Path, **sections: Any) -> Config:
         **sections,
     }
     return parse_config(data, {})
+
+
+class CountingSource(FrameSource):
+    """A camera faster than any model: a fresh frame (``shape``, its value the read count)
+    whenever asked; counts its reads."""
+
+    def __init__(self, shape: tuple[int, int, int] = (2, 2, 3)) -> None:
+        self.shape = shape
+        self.reads = 0
+
+    def open(self) -> None:
+        pass
+
+    def read(self) -> Frame | None:
+        self.reads += 1
+        return Frame(np.full(self.shape, self.reads % 256, np.uint8))
+
+    def close(self) -> None:
+        pass

@@ -9,6 +9,7 @@ import pytest
 from edged.errors import SourceError
 from edged.frames.capture import Capture, SourceHealth
 from edged.sources.base import Frame, FrameSource
+from tests.fakes import CountingSource
 
 
 class ScriptedSource(FrameSource):
@@ -133,23 +134,6 @@ def test_frames_are_prepared_before_offered_and_replaced_ones_discarded(
     assert discarded == prepared[:2]  # replaced before being taken: handed back
     assert caplog.text.count("preparing a frame failed: RuntimeError: no buffer") == 1
     cap.stop()
-
-
-class CountingSource(FrameSource):
-    """Always has a frame at once (a source faster than any model); counts its reads."""
-
-    def __init__(self) -> None:
-        self.reads = 0
-
-    def open(self) -> None:
-        pass
-
-    def read(self) -> Frame | None:
-        self.reads += 1
-        return Frame(np.zeros((2, 2, 3), np.uint8))
-
-    def close(self) -> None:
-        pass
 
 
 def test_on_demand_reads_and_prepares_only_the_frames_asked_for() -> None:

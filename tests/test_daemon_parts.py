@@ -8,7 +8,6 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from edged.app.compose import production_daemon
@@ -19,8 +18,8 @@ from edged.config import Config, FilesSource, ModelConfig, MqttConfig, PublishCo
 from edged.errors import EdgedError
 from edged.infra.sdnotify import Notifier
 from edged.model.classifier import Classifier
-from edged.sources.base import Frame, FrameSource
 from tests.daemon import DEMO_MODEL
+from tests.fakes import CountingSource
 
 
 @pytest.fixture(scope="module")
@@ -43,23 +42,6 @@ def _cfg(tmp_path: Path, threads: int | str = 1) -> Config:
         mqtt=MqttConfig(host="127.0.0.1", port=_free_port()),
         publish=PublishConfig(mode="every", spool=False),
     )
-
-
-class Fast(FrameSource):
-    """A camera faster than any model: a frame whenever asked; counts the reads."""
-
-    def __init__(self) -> None:
-        self.reads = 0
-
-    def open(self) -> None:
-        pass
-
-    def read(self) -> Frame | None:
-        self.reads += 1
-        return Frame(np.full((40, 30, 3), self.reads % 256, np.uint8))
-
-    def close(self) -> None:
-        pass
 
 
 def test_the_constructor_loads_locks_and_starts_nothing(tmp_path: Path) -> None:
@@ -122,7 +104,7 @@ def test_only_the_frames_the_interpreter_takes_are_read(
 ) -> None:
     """A source faster than the model: every frame read is classified (the one asked for
     last may be pending at the stop), none read just to be dropped."""
-    src = Fast()
+    src = CountingSource((40, 30, 3))
     parts = Parts(load_model=lambda _c: Loaded(clf), make_source=lambda _c, _s: src)
     daemon = Daemon(_cfg(tmp_path, threads), parts=parts, notifier=Notifier({}))
     runner = threading.Thread(target=daemon.run)

@@ -104,7 +104,8 @@ def test_a_stalled_transfer_asks_for_its_missing_chunks_by_exact_topic(tmp_path:
     assert rx.current is None and sorted(pub.unsubscribed) == sorted(exact)
 
 
-def test_a_request_names_at_most_max_asked_chunks(tmp_path: Path) -> None:
+def _stalled(tmp_path: Path) -> tuple[Pub, Receiver, list[bytes]]:
+    """A device that accepted a transfer of MAX_ASKED + 10 chunks, none of which came."""
     pub = Pub()
     pub.connected = True
     rx = _receiver(tmp_path, pub, timeout_s=0.4)
@@ -113,6 +114,11 @@ def test_a_request_names_at_most_max_asked_chunks(tmp_path: Path) -> None:
     rx.offer("edged/cam-1", offer)
     time.sleep(0.15)
     rx.tick()
+    return pub, rx, chunks
+
+
+def test_a_request_names_at_most_max_asked_chunks(tmp_path: Path) -> None:
+    pub, rx, chunks = _stalled(tmp_path)
     ask = [r for r in pub.requests() if r["transfer_id"] == "big"]
     assert len(ask) == 1 and ask[0]["missing"] == list(range(MAX_ASKED))
     for i in range(MAX_ASKED):  # what it asked for arrives: it asks for the next ones at once
@@ -237,14 +243,7 @@ def test_hostile_requests_cost_at_most_one_bounded_answer_per_device(
 def test_no_chained_asks_while_the_broker_delivers_retained_chunks(tmp_path: Path) -> None:
     """On a single broker the retained chunks keep coming: what was asked for arriving with
     others is not a reason to ask for more (that would send the bundle twice)."""
-    pub = Pub()
-    pub.connected = True
-    rx = _receiver(tmp_path, pub, timeout_s=0.4)
-    data = os.urandom(1024 * (MAX_ASKED + 10))
-    offer, chunks = make_offer(data, transfer_id="big", name="m", version=2, chunk_size=1024)
-    rx.offer("edged/cam-1", offer)
-    time.sleep(0.15)
-    rx.tick()
+    pub, rx, chunks = _stalled(tmp_path)
     for i in [MAX_ASKED + 5, *range(MAX_ASKED)]:  # one not asked for among them: retained
         rx.chunk("edged/cam-1/update/chunk/big/", str(i), chunks[i])
     assert len([r for r in pub.requests() if r["transfer_id"] == "big"]) == 1
