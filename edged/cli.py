@@ -9,9 +9,13 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from edged import __version__
 from edged.errors import ConfigError, EdgedError, ExitStatus, UsageError
+
+if TYPE_CHECKING:
+    from edged.model.autothreads import Plan
 
 log = logging.getLogger("edged")
 
@@ -135,7 +139,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     opts = BenchOptions(
         model=Path(args.model),
         seconds=args.seconds,
-        threads=[int(t) for t in args.threads.split(",")] if args.threads else None,
+        plans=_plans(args.plans) if args.plans else None,
         backend=args.backend,
         host=host or None,
         port=int(port or 1883),
@@ -150,6 +154,19 @@ def cmd_bench(args: argparse.Namespace) -> int:
         Path(args.json).write_text(text + "\n")
     print(text)
     return ExitStatus.OK
+
+
+def _plans(text: str) -> list[Plan]:
+    from edged.model.autothreads import Plan
+
+    plans = []
+    for part in text.split(","):
+        part = part.strip()
+        plan = Plan(1, int(part)) if part.isdigit() and 0 < int(part) < 100 else Plan.parse(part)
+        if plan is None:
+            raise UsageError(f"--plans: {part[:20]!r} is no plan (like 2x1) or thread count")
+        plans.append(plan)
+    return plans
 
 
 def _positive_int(text: str) -> int:
@@ -192,7 +209,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("model", help=".tflite model or .edgb bundle")
     bench.add_argument("--seconds", type=float, default=3.0, help="per measurement (default 3)")
     bench.add_argument(
-        "--threads", help="comma-separated bare interpreter thread counts (default 1..cores)"
+        "--plans",
+        "--threads",
+        help="comma-separated bare plans, interpreters x threads (2x1) or a thread count (2 = "
+        "1x2); default 1x1..1xCORES and CORESx1",
     )
     bench.add_argument("--backend", help="interpreter (default: the first installed)")
     bench.add_argument(

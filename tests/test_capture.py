@@ -146,14 +146,51 @@ def test_on_demand_reads_and_prepares_only_the_frames_asked_for() -> None:
     cap.start()
     try:
         time.sleep(0.3)
-        assert src.reads == 0 and cap.get(0.01) is None  # nobody asked: nothing read
+        assert src.reads == 0  # nobody asked: nothing read
         for i in range(1, 6):
             cap.request()
             frame = cap.get(2.0)
-            assert frame is not None and frame is prepared[-1]
+            assert frame is not None and frame is prepared[-1] and frame.ticket == i - 1
             time.sleep(0.05)  # a free-running capture would read many meanwhile
             assert src.reads == i and len(prepared) == i
-        assert cap.frames == 5 and cap.dropped == 0
+        assert cap.get(0.1) is None  # a get() asks for nothing
+        cap.request()
+        cap.request()  # two asked before either is taken: both kept, in order
+        time.sleep(0.1)
+        first, second = cap.get(1.0), cap.get(1.0)
+        assert first is not None and second is not None
+        assert (first.ticket, second.ticket) == (5, 6) and first.captured <= second.captured
+        assert src.reads == 7 and cap.frames == 7 and cap.dropped == 0
+    finally:
+        cap.stop()
+
+
+def test_on_demand_requests_add_up_for_several_lanes() -> None:
+    """Two lanes each asking ahead get a frame each: requests are counted, not merged, and
+    no frame is read that nobody takes."""
+    src = CountingSource()
+    cap = Capture(lambda: src, read_timeout_s=5, retry_min_s=0.01, retry_max_s=0.05, demand=True)
+    cap.start()
+    taken: list[int] = []
+    lock = threading.Lock()
+
+    def lane() -> None:
+        for _ in range(20):
+            cap.request()
+            frame = cap.get(2.0)
+            assert frame is not None
+            with lock:
+                taken.append(frame.ticket)
+
+    try:
+        lanes = [threading.Thread(target=lane) for _ in range(2)]
+        for t in lanes:
+            t.start()
+        for t in lanes:
+            t.join(10)
+        time.sleep(0.1)
+        assert sorted(taken) == list(range(40))  # every frame taken once, tickets in order
+        assert src.reads == 40 and cap.dropped == 0
     finally:
         cap.stop()
 

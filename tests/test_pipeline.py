@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from edged.app.daemon import Daemon
 from edged.config import Config, FilesSource, ModelConfig, PublishConfig
@@ -192,12 +194,18 @@ def test_inline_post_stage_finishes_in_the_caller() -> None:
     assert done == [(1, threading.current_thread().name)] and stage.close(0.1)
 
 
-@pytest.mark.parametrize(("threads", "overlap"), [(1, True), (0, False)])
+@pytest.mark.parametrize(
+    ("threads", "interpreters", "overlap"), [(1, 1, True), (0, 1, False), (1, 0, False)]
+)
 def test_daemon_overlaps_only_with_a_core_to_spare(
-    clf: Classifier, threads: int, overlap: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    threads: int, interpreters: int, overlap: bool, tmp_path: Path
 ) -> None:
-    if os.cpu_count() == 1 and overlap:
+    """The interpreters' threads together decide: 1x1 leaves a core (on 2+ cores); 1xN and
+    Nx1 (N = cores) take them all. interpreters 0 here: one per core."""
+    cores = os.cpu_count() or 1
+    if cores == 1 and overlap:
         pytest.skip("one core: nothing to overlap on")
+    clf = Classifier.load(DEMO_MODEL, threads=threads, interpreters=interpreters or cores)
     cfg = Config(
         device_id="cam-1",
         state_dir=tmp_path / "state",
@@ -212,3 +220,55 @@ def test_daemon_overlaps_only_with_a_core_to_spare(
     assert daemon.preparer.active  # preparation overlaps either way
     daemon.close()
     assert daemon.instance is not None and not daemon.instance.held
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    order=st.permutations(list(range(12))),
+    skipped=st.sets(st.integers(0, 11), max_size=4),
+    inline=st.booleans(),
+)
+def test_post_stage_finishes_in_ticket_order_whatever_order_results_come_in(
+    order: list[int], skipped: set[int], inline: bool
+) -> None:
+    """Results of several interpreters come back in any order (and some frames have none):
+    they are finished in ticket order, each once, none lost."""
+    done: list[int] = []
+    stage: PostStage[int] = PostStage(done.append, lambda: None, depth=16, inline=inline)
+    stage.start()
+    for ticket in order:
+        if ticket in skipped:
+            stage.skip(ticket)
+        else:
+            stage.submit(ticket, ticket)
+    assert stage.close(5.0)
+    assert done == [t for t in range(12) if t not in skipped]
+
+
+def test_inline_post_stage_never_makes_a_lane_wait_for_another() -> None:
+    """Inline: a result whose ticket is not due is left, and the submitter goes on at once;
+    the lane whose ticket is due finishes its own and the ones left meanwhile."""
+    done: list[tuple[int, str]] = []
+    stage: PostStage[int] = PostStage(
+        lambda i: done.append((i, threading.current_thread().name)), lambda: None, inline=True
+    )
+    late = threading.Thread(target=stage.submit, args=(1, 1), name="lane-b")
+    late.start()
+    late.join(1.0)
+    assert not late.is_alive() and done == []  # ticket 1 left: ticket 0 is due
+    stage.submit(0, 0)  # lane 0's result: it finishes 0, then 1
+    me = threading.current_thread().name
+    assert done == [(0, me), (1, me)]
+
+
+def test_close_finishes_what_waits_behind_a_ticket_that_never_comes() -> None:
+    for inline in (False, True):
+        done: list[int] = []
+        stage: PostStage[int] = PostStage(done.append, lambda: None, inline=inline)
+        stage.start()
+        stage.submit(0, 0)
+        stage.submit(2, 2)  # ticket 1's lane stopped without a result
+        stage.submit(3, 3)
+        t0 = time.monotonic()
+        assert stage.close(5.0)
+        assert done == [0, 2, 3] and time.monotonic() - t0 < 1.0

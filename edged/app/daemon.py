@@ -1,12 +1,18 @@
 """The daemon: capture thread → frame loop (inference) → post thread (policy, publish).
 
-The capture thread reads and prepares only the frame the interpreter takes next (it is asked
-for one, :meth:`Capture.request`). With a core to spare beside the interpreter's threads the
-stages overlap (edged.frames.pipeline): the next frame is asked for as ``invoke`` starts on
-the current one, and the post thread publishes the previous result while ``invoke`` runs. With
-every core in the interpreter, work beside ``invoke`` stalls its threads, so the stages run one
-after the other around ``invoke``: the next frame is read and prepared while the frame loop
-finishes the current result inline, both between two invokes.
+The capture thread reads and prepares only the frames the interpreters take next (it is asked
+for one, :meth:`Capture.request`). The model may be run by several interpreters at once (a
+plan such as ``2x1``, edged.model.autothreads): the frame loop is then one *lane* per
+interpreter, the caller's thread and ``edged-lane-N`` threads, each taking a frame, running it
+and handing the result on; results are finished in the order their frames were taken
+(:class:`PostStage` tickets), so predictions go out in capture order with seq rising.
+
+With a core to spare beside the interpreters' threads the stages overlap
+(edged.frames.pipeline): the next frame is asked for as ``invoke`` starts on the current one,
+and the post thread publishes the previous result while ``invoke`` runs. With every core in
+the interpreters, work beside ``invoke`` slows it (a multi-threaded interpreter's threads wait
+for each other), so the stages run one after the other around ``invoke``: the next frame is
+read and prepared while the lane finishes the current result inline.
 
 Built from :class:`~edged.app.parts.Parts` (source, model, publisher, clock) and
 :class:`~edged.app.parts.Features`; the constructor only records them. :meth:`Daemon.open`
@@ -64,6 +70,10 @@ class Inferred:
     raw: np.ndarray
     invoke_ms: float
 
+    @property
+    def ticket(self) -> int:
+        return self.frame.ticket
+
 
 class Daemon:
     # Built by open() (None before it):
@@ -105,6 +115,9 @@ class Daemon:
         self.overlap = False
         self.monitor: ServiceMonitor | None = None
         self.processed = 0
+        self._count = threading.Lock()  # processed is counted by every lane
+        self._lanes: list[threading.Thread] = []  # lanes beside the caller's (edged-lane-N)
+        self._lane_error: BaseException | None = None
         self.published = 0  # predictions handed to the publisher by this run (not seq: it goes on)
         self.seq = 0
         self._state: str | None = None
@@ -141,12 +154,17 @@ class Daemon:
         self.stats = Stats(cfg.stats, cfg.device_id, self._counters, self._publish_stats)
         self.extras = Extras(self, loaded.boot)
         self.policy = PublishPolicy(cfg.publish)
-        # Overlap the stages only where a core is left beside the interpreter's threads: with
-        # every core in the interpreter, work beside it slows all of them (edged.frames.pipeline).
+        # Overlap the stages only where a core is left beside the interpreters' threads: with
+        # every core in the interpreters, work beside them slows them (edged.frames.pipeline).
         self.overlap = self._interpreter_threads() < autothreads.cores()
         self.preparer = Preparer(lambda: self.classifier)
         self.preparer.active = not self.paused
-        self.post = PostStage(self._finish, on_error=self._stop.set, inline=not self.overlap)
+        self.post = PostStage(
+            self._finish,
+            on_error=self._stop.set,
+            depth=max(4, 2 * self.classifier.lanes),
+            inline=not self.overlap,
+        )
         self.capture = Capture(
             self._make_source,
             read_timeout_s=cfg.source.read_timeout_s,
@@ -160,10 +178,13 @@ class Daemon:
         )
 
     def _interpreter_threads(self) -> int:
-        threads, info = self.cfg.model.threads, self.classifier.info
-        if isinstance(threads, int):
-            return interpreter_threads(threads)
-        return autothreads.known(info.sha256, info.backend) or autothreads.cores()
+        """The threads of all the interpreters together."""
+        plan = self.classifier.info.plan
+        if plan.threads > 0:
+            return plan.interpreters * plan.threads
+        threads = self.cfg.model.threads  # a classifier built without a plan (tests)
+        per = interpreter_threads(threads) if isinstance(threads, int) else autothreads.cores()
+        return self.classifier.lanes * per
 
     def start(self) -> None:
         """:meth:`open`, one warm-up inference, then the publisher, the features and the
@@ -173,9 +194,9 @@ class Daemon:
             return
         info = self.classifier.info
         log.info(
-            "model %s v%s (%s, %dx%dx%d %s, %s)",
+            "model %s v%s (%s, %dx%dx%d %s, %s, %s)",
             info.name, info.version, info.sha256[:12], info.width, info.height,
-            info.channels, info.dtype, info.backend,
+            info.channels, info.dtype, info.backend, _plan_text(self.classifier),
         )  # fmt: skip
         warm_up(self.classifier)  # first-use imports and set-up now, not in the first frame
         self._started = True
@@ -187,6 +208,7 @@ class Daemon:
         self.post.start()
         self.capture.start()
         self.capture.request()  # the first frame
+        self._spawn_lanes()
         self.notifier.ready(f"classifying with {info.name}")
 
     def close(self) -> None:
@@ -226,7 +248,12 @@ class Daemon:
         close."""
         try:
             self.start()
-            self._loop()
+            try:
+                self._loop()
+            finally:
+                self._join_lanes()
+            if self._lane_error is not None:
+                raise self._lane_error
             self.post.close(POST_DRAIN_S)  # the last results are published before stopping
             if self.post.error is not None:
                 raise self.post.error
@@ -268,15 +295,55 @@ class Daemon:
             if self._reload.is_set():
                 self._try_reload()
             self.extras.between_frames()
+            if len(self._lanes) + 1 < self.classifier.lanes:
+                self._spawn_lanes()  # a new model with more interpreters
             if frame is not None:
-                if self.paused:  # paused: the frame is dropped unclassified
-                    self.preparer.release(frame)
-                    cap.request()
-                else:
-                    self.infer(frame)
+                self._take(frame)
             elif cap.ended:
                 log.info("source ended")
                 return
+
+    def _take(self, frame: Frame) -> None:
+        if self.paused:  # paused: the frame is dropped unclassified
+            self.preparer.release(frame)
+            self.post.skip(frame.ticket)
+            self.capture.request()
+        else:
+            self.infer(frame)
+
+    # -- lanes: the frame loop once more per interpreter -------------------------------------
+
+    def _spawn_lanes(self) -> None:
+        """One lane thread per interpreter beyond the first (the caller's thread is lane 0)."""
+        while len(self._lanes) + 1 < self.classifier.lanes:
+            index = len(self._lanes) + 1
+            lane = threading.Thread(
+                target=self._lane, args=(index,), name=f"edged-lane-{index}", daemon=True
+            )
+            self._lanes.append(lane)
+            self.capture.request()  # its first frame; then one request per frame it takes
+            lane.start()
+
+    def _lane(self, index: int) -> None:
+        cap = self.capture
+        try:
+            while not self._stop.is_set():
+                if index >= self.classifier.lanes:  # the model now has fewer interpreters
+                    self._stop.wait(POLL_S)
+                    continue
+                frame = cap.get(POLL_S)
+                if frame is not None:
+                    self._take(frame)
+                elif cap.ended:
+                    return
+        except BaseException as err:  # raised again by run(); the other lanes stop
+            self._lane_error = err
+            self._stop.set()
+            self.post.abort()
+
+    def _join_lanes(self) -> None:
+        for lane in self._lanes:
+            lane.join(POST_DRAIN_S)
 
     def infer(self, frame: Frame) -> Inferred | None:
         """Frame loop: run the model on one frame and queue the result for the post thread;
@@ -290,15 +357,17 @@ class Daemon:
             raw, invoke_ms = clf.infer(tensor)
         except Exception as err:
             self.capture.request()
+            self.post.skip(frame.ticket)
             self._failed(monitor, frame, err)
             return None
         finally:
             self.preparer.release(frame)
-        if not self.overlap:  # every core is the interpreter's: read the next frame while
+        if not self.overlap:  # every core is the interpreters': read the next frame while
             self.capture.request()  # this one is finished, not beside invoke
-        self.processed += 1
+        with self._count:
+            self.processed += 1
         item = Inferred(frame, clf, monitor, raw, invoke_ms)
-        self.post.submit(item)
+        self.post.submit(item, frame.ticket)
         return item
 
     def _finish(self, item: Inferred) -> None:
@@ -398,6 +467,12 @@ class Daemon:
             ),
         )
         self.publisher.publish(self.topics.health, payload.to_bytes(), qos=1, retain=True)
+
+
+def _plan_text(clf: Classifier) -> str:
+    """``2x1 interpreters x threads``, or how many interpreters when the threads are unknown."""
+    plan = clf.info.plan
+    return f"{plan} interpreters x threads" if plan.threads else f"{clf.lanes} interpreter(s)"
 
 
 def _model_ref(clf: Classifier) -> wire.ModelRef:

@@ -11,6 +11,7 @@ times the arrival).
 
 from __future__ import annotations
 
+import functools
 import json
 import resource
 import sys
@@ -76,7 +77,7 @@ class Result:
     cpu_s: float = 0.0
     latency_ms: list[float] = field(default_factory=list)  # bare: per invoke
     captured: dict[int, float] = field(default_factory=dict)  # seq -> capture time
-    threads: int = 0
+    plan: str = ""  # interpreters x threads, e.g. "2x1"
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -119,38 +120,51 @@ def _window(warmup_s: float, seconds: float, count: Any) -> tuple[float, float, 
 
 
 def bare(spec: dict[str, Any]) -> Result:
-    """set_tensor + invoke + get_tensor, as fast as it goes or at ``fps``."""
+    """set_tensor + invoke + get_tensor alone, as fast as it goes or at ``fps``; with
+    ``interpreters`` > 1, that many interpreters at once, each in a thread of its own (a
+    paced camera's frames go to whichever is free)."""
     from edged.model.runtime import load_interpreter
 
-    interp, _ = load_interpreter(model_bytes(spec["model"]), spec["threads"], spec["backend"])
-    inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
-    tensor = np.zeros(inp["shape"], inp["dtype"])
-    fps, stop = spec.get("fps"), threading.Event()
+    model = model_bytes(spec["model"])
+    k = int(spec.get("interpreters", 1))
+    interps = [load_interpreter(model, spec["threads"], spec["backend"])[0] for _ in range(k)]
+    fps: float = spec.get("fps") or 0.0
+    stop, lock = threading.Event(), threading.Lock()
     times: list[float] = []
+    due = [time.monotonic()]
 
-    @_reraised
-    def loop() -> None:
-        due = time.monotonic()
+    def wait_turn() -> None:
+        with lock:  # the camera's next frame, for whichever interpreter asks first
+            due[0] += 1.0 / fps
+            if (d := due[0] - time.monotonic()) <= 0:  # late: no burst to catch up
+                due[0] = time.monotonic()
+                return
+        time.sleep(d)
+
+    def loop(interp: Any) -> None:
+        inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
+        tensor = np.zeros(inp["shape"], inp["dtype"])
         while not stop.is_set():
             if fps:
-                due += 1.0 / fps
-                if (d := due - time.monotonic()) > 0:
-                    time.sleep(d)
-                else:  # late: no burst to catch up, as a camera gives none
-                    due = time.monotonic()
+                wait_turn()
             t0 = time.perf_counter()
             interp.set_tensor(inp["index"], tensor)
             interp.invoke()
             interp.get_tensor(out["index"])
-            times.append(time.perf_counter() - t0)
+            with lock:
+                times.append(time.perf_counter() - t0)
 
-    worker = threading.Thread(target=loop)
-    worker.start()
-    r = Result(threads=spec["threads"])
+    bodies = [_reraised(functools.partial(loop, i)) for i in interps]
+    workers = [threading.Thread(target=b) for b in bodies]
+    for w in workers:
+        w.start()
+    r = Result(plan=f"{k}x{spec['threads']}")
     r.t0, r.t1, r.n, r.cpu_s = _window(spec["warmup_s"], spec["seconds"], lambda: len(times))
     stop.set()
-    worker.join()
-    _check(loop)
+    for w in workers:
+        w.join()
+    for b in bodies:
+        _check(b)
     r.latency_ms = [t * 1000.0 for t in times[-r.n :]] if r.n else []
     return r
 
@@ -162,13 +176,15 @@ def daemon(spec: dict[str, Any]) -> Result:
     from edged.app.parts import Features, Parts
     from edged.config import Config, FilesSource, ModelConfig, MqttConfig, PublishConfig
     from edged.infra.sdnotify import Notifier
-    from edged.model import autothreads
 
     cfg = Config(
         device_id="bench",
         source=FilesSource(path="-"),
         model=ModelConfig(
-            path=Path(spec["model"]), threads=spec["threads"], backend=spec["backend"]
+            path=Path(spec["model"]),
+            threads=spec["threads"],
+            interpreters=spec.get("interpreters", "auto"),
+            backend=spec["backend"],
         ),
         mqtt=MqttConfig(host=spec["host"], port=spec["port"]),
         publish=PublishConfig(
@@ -193,10 +209,7 @@ def daemon(spec: dict[str, Any]) -> Result:
     finally:
         d.request_stop()
         runner.join(10.0)
-    info = d.classifier.info
-    r.threads = autothreads.known(info.sha256, info.backend) or 0
-    if isinstance(spec["threads"], int):
-        r.threads = spec["threads"]
+    r.plan = str(d.classifier.info.plan)
     r.captured = {seq0 + 1 + i: t for i, t in enumerate(source.reads)}
     r.extra = {"dropped": d.capture.dropped, "overlap": d.overlap}
     return r
@@ -244,7 +257,7 @@ def plain(spec: dict[str, Any]) -> Result:
 
     worker = threading.Thread(target=loop)
     worker.start()
-    r = Result(threads=spec["threads"])
+    r = Result(plan=f"1x{spec['threads']}")
     try:
         r.t0, r.t1, r.n, r.cpu_s = _window(spec["warmup_s"], spec["seconds"], lambda: count[0])
     finally:
@@ -266,7 +279,7 @@ def main(argv: list[str]) -> int:
         "t1": r.t1,
         "n": r.n,
         "cpu_s": r.cpu_s,
-        "threads": r.threads,
+        "plan": r.plan,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
         "latency_ms": r.latency_ms,
         "captured": {str(k): v for k, v in r.captured.items()},

@@ -4,11 +4,15 @@ Cases, each in a process of its own (:mod:`edged.bench.cases`), against a privat
 and a real subscriber process (:mod:`edged.bench.peers`), all on this machine:
 
 1. **default**: the daemon as ``edged run`` builds it from a config that sets nothing but the
-   model (``threads = "auto"``, spool on), fed 640x480 frames by a source faster than the model;
-2. **bare N**: ``set_tensor`` + ``invoke`` + ``get_tensor`` alone, for each thread count;
-3. **plain**: a loop as a user would write it (read, resize, invoke, publish with paho), at the
-   thread count the default chose;
-4. the **30 fps** camera case: the default daemon and the bare interpreter, both paced.
+   model (``threads = "auto"``: the measured plan, spool on), fed 640x480 frames by a source
+   faster than the model;
+2. **bare KxN**: ``set_tensor`` + ``invoke`` + ``get_tensor`` alone, for each plan: one
+   interpreter at each thread count (``1xN``), and as many single-threaded interpreters as
+   cores at once (``Kx1``), plus the default's plan;
+3. **plain**: a loop as a user would write it (read, resize, invoke, publish with paho), with
+   the thread count of the fastest single bare interpreter of the round;
+4. the **30 fps** camera case: the default daemon, and a bare interpreter of the default's
+   threads, both paced.
 
 For each: delivered predictions per second (arrivals at the subscriber; the bare interpreter's
 invokes), CPU milliseconds per prediction (the process's CPU time over the predictions it
@@ -31,6 +35,7 @@ from typing import Any
 from edged.bench.peers import PrivateBroker, Subscriber
 from edged.errors import BenchError
 from edged.model import autothreads
+from edged.model.autothreads import Plan
 from edged.model.runtime import available_backends
 
 CASE_TIMEOUT_S = 120.0
@@ -42,7 +47,7 @@ class BenchOptions:
     model: Path
     seconds: float = 3.0
     warmup_s: float = 1.0
-    threads: list[int] | None = None  # bare counts (default 1..cores)
+    plans: list[Plan] | None = None  # bare plans (default: 1x1..1xcores, Kx1, the default's)
     backend: str | None = None  # default: the first installed
     host: str | None = None  # None = start a private broker
     port: int = 1883
@@ -92,7 +97,7 @@ def _case(
         lat = [(at - captured[s]) * 1000.0 for s, at in arrived.items()]
     return {
         "case": name,
-        "threads": r["threads"],
+        "plan": r["plan"],
         "delivered_fps": delivered,
         "cpu_ms_per_prediction": 1000.0 * r["cpu_s"] / r["n"] if r["n"] else float("nan"),
         "latency_ms_p50": _pct(lat, 0.5),
@@ -104,7 +109,10 @@ def _case(
 
 def run(opts: BenchOptions) -> dict[str, Any]:
     backend = opts.backend or available_backends()[0]
-    counts = opts.threads or list(range(1, autothreads.cores() + 1))
+    n = autothreads.cores()
+    plans = opts.plans or [Plan(1, t) for t in range(1, n + 1)]
+    if opts.plans is None and n > 1:
+        plans.append(Plan(min(n, autothreads.MAX_INTERPRETERS), 1))
     base = {
         "model": str(opts.model.resolve()),
         "backend": backend,
@@ -121,7 +129,7 @@ def run(opts: BenchOptions) -> dict[str, Any]:
         host, port = ("127.0.0.1", broker.port) if broker else (opts.host or "", opts.port)
         state = stack.enter_context(tempfile.TemporaryDirectory(prefix="edged-bench-state-"))
         for _ in range(max(1, opts.rounds)):
-            rounds.append(_round(opts, base, host, port, state, counts))
+            rounds.append(_round(opts, base, host, port, state, plans))
     cases = [_median([r[i] for r in rounds]) for i in range(len(rounds[0]))]
     per_round = [targets(r) for r in rounds]
     return {
@@ -130,7 +138,7 @@ def run(opts: BenchOptions) -> dict[str, Any]:
         "cpu_count": autothreads.cores(),
         "loadavg_at_start": list(load),
         "loadavg_at_end": list(os.getloadavg()),
-        "auto_threads": cases[0]["threads"],
+        "auto_plan": cases[0]["plan"],
         "rounds": len(rounds),
         "cases": cases,
         "targets": {k: statistics.median(t[k] for t in per_round) for k in per_round[0]},
@@ -139,7 +147,7 @@ def run(opts: BenchOptions) -> dict[str, Any]:
 
 
 def _round(
-    opts: BenchOptions, base: dict[str, Any], host: str, port: int, state: str, counts: list[int]
+    opts: BenchOptions, base: dict[str, Any], host: str, port: int, state: str, plans: list[Plan]
 ) -> list[dict[str, Any]]:
     """Every case once, the default config first."""
     net = {"host": host, "port": port}
@@ -148,15 +156,19 @@ def _round(
     topic = "edged/bench/prediction"
     default = _case("default", daemon, host, port, topic)
     cases = [default]
-    chosen = default["threads"] or counts[-1]
-    for n in counts:
-        cases.append(_case(f"bare {n}", {**base, "case": "bare", "threads": n}, host, port, None))
-    plain = {**base, **net, "case": "plain", "threads": chosen, "shape": FRAME}
+    chosen = Plan.parse(default["plan"]) or Plan(1, 1)
+    for plan in [*plans, *([chosen] if chosen not in plans else [])]:
+        spec = {**base, "case": "bare", "threads": plan.threads, "interpreters": plan.interpreters}
+        cases.append(_case(f"bare {plan}", spec, host, port, None))
+    singles = [c for c in cases[1:] if c["plan"].startswith("1x")] or cases[1:]
+    best_single = Plan.parse(max(singles, key=lambda c: c["delivered_fps"])["plan"])
+    threads = best_single.threads if best_single else chosen.threads
+    plain = {**base, **net, "case": "plain", "threads": threads, "shape": FRAME}
     cases.append(_case("plain", plain, host, port, "bench/plain/prediction"))
     fps = opts.camera_fps
     cases.append(_case(f"default {fps:g} fps", {**daemon, "fps": fps}, host, port, topic))
-    bare_cam = {**base, "case": "bare", "threads": chosen, "fps": fps}
-    cases.append(_case(f"bare {chosen} {fps:g} fps", bare_cam, host, port, None))
+    bare_cam = {**base, "case": "bare", "threads": chosen.threads, "fps": fps}
+    cases.append(_case(f"bare 1x{chosen.threads} {fps:g} fps", bare_cam, host, port, None))
     return cases
 
 
@@ -170,16 +182,19 @@ def _median(same: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def targets(cases: list[dict[str, Any]]) -> dict[str, float]:
-    """The issue 14 ratios: the default against the best bare rate and the bare CPU at its
-    thread count, the plain loop, the 30 fps case."""
+    """The issue 14 ratios: the default against the best bare rate (of any plan, and of one
+    interpreter alone) and the bare CPU of its plan, the plain loop, the 30 fps case."""
     by = {c["case"]: c for c in cases}
     default = cases[0]
     bares = [c for c in cases if c["case"].startswith("bare ") and "fps" not in c["case"]]
     best = max(bares, key=lambda c: c["delivered_fps"])
-    same = next((c for c in bares if c["threads"] == default["threads"]), best)
+    singles = [c for c in bares if c["plan"].startswith("1x")] or bares
+    best_single = max(singles, key=lambda c: c["delivered_fps"])
+    same = next((c for c in bares if c["plan"] == default["plan"]), best)
     cam = [c for c in cases if c["case"].endswith(" fps")]
     out = {
         "rate_vs_bare_best": default["delivered_fps"] / best["delivered_fps"],
+        "rate_vs_bare_single": default["delivered_fps"] / best_single["delivered_fps"],
         "cpu_vs_bare": default["cpu_ms_per_prediction"] / same["cpu_ms_per_prediction"],
         "rate_vs_plain": default["delivered_fps"] / by["plain"]["delivered_fps"],
         "cpu_vs_plain": default["cpu_ms_per_prediction"] / by["plain"]["cpu_ms_per_prediction"],
@@ -195,19 +210,20 @@ def targets(cases: list[dict[str, Any]]) -> dict[str, float]:
 
 def table(report: dict[str, Any]) -> str:
     head = (
-        f"{'case':<18}{'thr':>4}{'pred/s':>9}{'CPU ms/pred':>13}{'lat p50':>9}{'lat p99':>9}"
+        f"{'case':<20}{'plan':>5}{'pred/s':>9}{'CPU ms/pred':>13}{'lat p50':>9}{'lat p99':>9}"
         f"{'peak RSS':>10}"
     )
     lines = [head]
     for c in report["cases"]:
         lines.append(
-            f"{c['case']:<18}{c['threads']:>4}{c['delivered_fps']:>9.1f}"
+            f"{c['case']:<20}{c['plan']:>5}{c['delivered_fps']:>9.1f}"
             f"{c['cpu_ms_per_prediction']:>13.2f}{c['latency_ms_p50']:>9.1f}"
             f"{c['latency_ms_p99']:>9.1f}{c['peak_rss_mib']:>9.1f}M"
         )
     t = report["targets"]
     lines.append(
-        f"default: {t['rate_vs_bare_best']:.3f} of the best bare rate, "
+        f"default: {t['rate_vs_bare_best']:.3f} of the best bare rate "
+        f"({t['rate_vs_bare_single']:.3f} of one interpreter's), "
         f"{t['cpu_vs_bare']:.3f}x bare CPU/prediction; vs plain loop: rate "
         f"{t['rate_vs_plain']:.3f}x, CPU {t['cpu_vs_plain']:.3f}x"
         + (

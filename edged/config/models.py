@@ -28,8 +28,13 @@ class ModelConfig(Section):
     )
     threads: int | Literal["auto"] = Field(
         "auto",
-        description="Interpreter threads: 'auto' = the count measured fastest on this machine "
-        "(once per model, kept in the state dir); 0 = number of cores.",
+        description="Interpreter threads: 'auto' = the plan (interpreters x threads) measured "
+        "fastest on this machine (once per model, kept in the state dir); 0 = number of cores.",
+    )
+    interpreters: int | Literal["auto"] = Field(
+        "auto",
+        description="Interpreters working on frames at once, each with 'threads' threads: "
+        "'auto' = as measured with threads = 'auto', else 1.",
     )
     backend: Literal["auto", "ai-edge-litert", "tflite-runtime", "tensorflow"] = Field(
         "auto", description="Interpreter; 'auto' tries them in this order."
@@ -70,6 +75,20 @@ class ModelConfig(Section):
             value = int(value)
         if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 64:
             raise ValueError("must be 'auto' or a number of threads from 0 to 64")
+        return value
+
+    @field_validator("interpreters", mode="before")
+    @classmethod
+    def _interpreters(cls, value: object) -> object:
+        """'auto' or a whole number 1-8 (each one holds the model's memory again)."""
+        if value == "auto":
+            return value
+        if isinstance(value, str) and value.strip().isdigit():
+            value = int(value.strip())
+        elif isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 8:
+            raise ValueError("must be 'auto' or a number of interpreters from 1 to 8")
         return value
 
 

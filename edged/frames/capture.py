@@ -2,12 +2,17 @@
 
 Each frame can be prepared (its model input computed) in this thread, before it is offered.
 
-``demand=True`` (the daemon): the thread reads a frame only when :meth:`Capture.request` asked
-for one (the frame loop asks as the interpreter starts on the frame before), so the only frame
-read, decoded and prepared is the one the interpreter takes next; what a camera delivered in
-between is left to the source (a live OpenCV capture grabs and drops it undecoded, picamera2
-recycles its buffers) and counted in :attr:`Capture.dropped` where the source can tell.
-Without it, the thread reads continuously and a frame not taken in time is replaced.
+``demand=True`` (the daemon): the thread reads a frame only for a :meth:`Capture.request`
+(the frame loop asks for its next frame ahead, e.g. as the interpreter starts on the one
+before; each lane asks once per frame it takes). Requests add up (two interpreters each asking
+get two frames, kept in order until taken), so the only frames read, decoded and prepared are
+those the interpreters take next; what a camera delivered in between is left to the source (a
+live OpenCV capture grabs and drops it undecoded, picamera2 recycles its buffers) and counted
+in :attr:`Capture.dropped` where the source can tell. Without it, the thread reads
+continuously and a frame not taken in time is replaced.
+
+Each frame taken gets the next :attr:`Frame.ticket` (0, 1, 2, ...), in the order frames were
+taken, so that results made on several interpreters at once can be put back in that order.
 
 A worker thread owns one source instance. A read that raises is a fault: the worker closes the
 source, waits (exponential backoff) and opens a fresh one. A read that does not return within
@@ -27,6 +32,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -42,6 +48,8 @@ from edged.sources.base import (
 )
 
 log = logging.getLogger("edged.capture")
+
+MAX_QUEUED = 8  # (``demand``) frames read and not yet taken, at most
 
 
 @dataclass(slots=True)
@@ -81,7 +89,7 @@ class Capture:
         self._retry_min, self._retry_max = retry_min_s, retry_max_s
         self._on_health = on_health
         self._cond = threading.Condition()
-        self._frame: Frame | None = None
+        self._frames: deque[Frame] = deque()  # read, not yet taken (one unless ``demand``)
         self._generation = 0
         self._stop = threading.Event()
         self._read_started: float | None = None  # a read in progress since (monotonic)
@@ -93,7 +101,8 @@ class Capture:
         self._replaced = 0  # frames replaced before inference took them
         self._dropped_done = 0  # frames the retired sources let pass
         self._demand = demand
-        self._wanted = threading.Event()
+        self._wanted = 0  # frames asked for and not yet read (under _cond)
+        self._tickets = 0  # frames taken by get()
         self.hung_since: float | None = None  # a hang detected and not yet over
         self._skipped_done = 0
         self._skipped_reported = 0  # ``skipped`` as of the last on_health call
@@ -107,8 +116,17 @@ class Capture:
         return self._replaced + self._dropped_done + (src.dropped if src is not None else 0)
 
     def request(self) -> None:
-        """(``demand``) Read the next frame now: the frame loop is about to want it."""
-        self._wanted.set()
+        """(``demand``) Read one more frame now: the frame loop is about to want it."""
+        with self._cond:
+            self._wanted += 1
+            self._cond.notify_all()
+
+    def _await_request(self, gen: int) -> bool:
+        """(``demand``, capture thread) Wait up to 0.2 s for a request; True: read one."""
+        with self._cond:
+            if self._wanted <= 0:
+                self._cond.wait(0.2)
+            return self._wanted > 0 and self._current(gen)
 
     @property
     def skipped(self) -> int:
@@ -171,7 +189,7 @@ class Capture:
                 if delay and self._stop.wait(delay):
                     return
                 delay = 0.0
-                if self._demand and not self._wanted.wait(0.2):
+                if self._demand and not self._await_request(gen):
                     continue  # not asked for a frame yet (stop and generation checks)
                 if source is None:
                     try:
@@ -225,8 +243,14 @@ class Capture:
                     except Exception as err:  # never stall capture: the frame goes on as is
                         self._warn_prepare(err)
                 with self._cond:
-                    replaced, self._frame = self._frame, frame
-                    self._wanted.clear()  # the next request comes after get() took this one
+                    replaced = None
+                    if self._demand:  # asked for: kept until taken (a few at most)
+                        self._wanted = max(0, self._wanted - 1)
+                        if len(self._frames) >= MAX_QUEUED:
+                            replaced = self._frames.popleft()
+                    elif self._frames:
+                        replaced = self._frames.popleft()
+                    self._frames.append(frame)
                     if replaced is not None:
                         self._replaced += 1
                     self.frames += 1
@@ -278,10 +302,19 @@ class Capture:
         self._spawn(delay=self._backoff())
 
     def get(self, timeout: float) -> Frame | None:
+        """The next frame not yet taken (the newest, unless ``demand``: the oldest asked for),
+        waiting up to ``timeout`` s; None if none came."""
+        deadline = time.monotonic() + timeout
         with self._cond:
-            if self._frame is None and not self.ended:
-                self._cond.wait(timeout)
-            frame, self._frame = self._frame, None
+            while not self._frames and not self.ended:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._cond.wait(left)  # woken by a frame, a request or the end
+            frame = self._frames.popleft() if self._frames else None
+            if frame is not None:
+                frame.ticket = self._tickets
+                self._tickets += 1
             return frame
 
 

@@ -14,14 +14,19 @@ The helpers that draw these from settings, bundles and metadata are in :mod:`edg
 probabilities) and otherwise applies softmax to each result that is not a probability vector
 (values outside [0, 1], or a sum more than 0.1 away from 1).
 
-A :class:`Classifier` is not thread-safe: use one per thread (the daemon runs inference on one).
+A :class:`Classifier` may hold several interpreters of the same model (``model.threads =
+"auto"`` chose a plan such as ``2x1``, edged.model.autothreads): :meth:`Classifier.infer` is
+then safe to call from that many threads at once, each call using a free interpreter. The rest
+(``classify``, ``preprocessor``, ``postprocess``) is for one thread at a time.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import queue
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +37,7 @@ from edged.config import ModelConfig
 from edged.errors import BundleError, ModelError
 from edged.model import bundle as bundle_mod
 from edged.model import loading
+from edged.model.autothreads import Plan
 from edged.model.bundle import Bundle
 from edged.model.labels import align_labels
 from edged.model.preprocess import InputSpec, Normalization, Preprocessor, infer_normalization
@@ -40,6 +46,7 @@ from edged.model.scores import needs_softmax, quantized_probabilities, top_indic
 from edged.model.tflite_metadata import read_metadata
 
 log = logging.getLogger(__name__)
+DEFAULT_PLAN = Plan(1, 1)
 
 
 @dataclass(slots=True)
@@ -64,6 +71,7 @@ class ModelInfo:
     dtype: str
     layout: str  # "NHWC" | "NCHW"
     num_classes: int
+    plan: Plan = DEFAULT_PLAN  # interpreters x threads each
 
 
 class Classifier:
@@ -83,9 +91,16 @@ class Classifier:
         norm: Normalization | None,
         layout: str | None = None,
         softmax: loading.SoftmaxMode = "auto",
+        spares: Sequence[Interpreter] = (),
+        plan: Plan | None = None,
     ) -> None:
-        """Use :meth:`load` or :meth:`from_bundle`; this wires an already loaded interpreter."""
+        """Use :meth:`load` or :meth:`from_bundle`; this wires already loaded interpreters
+        (``spares``: more of the same model, for :meth:`infer` from several threads)."""
         self._interp = interpreter
+        self._all = [interpreter, *spares]
+        self._free: queue.SimpleQueue[Interpreter] = queue.SimpleQueue()
+        for each in self._all:
+            self._free.put(each)
         self._softmax = loading.softmax_mode(softmax)
         inputs = interpreter.get_input_details()
         outputs = interpreter.get_output_details()
@@ -128,6 +143,7 @@ class Classifier:
             dtype=spec.dtype.name,
             layout=spec.layout,
             num_classes=num_classes,
+            plan=plan or Plan(len(self._all), 0),
         )
         log.debug(
             "model %s: %dx%dx%d %s %s, normalisation mean=%s std=%s (%s)%s, labels from %s",
@@ -145,6 +161,7 @@ class Classifier:
             cfg.path,
             labels=cfg.labels,
             threads=cfg.threads,
+            interpreters=cfg.interpreters,
             backend=cfg.backend,
             mean=cfg.mean,
             std=cfg.std,
@@ -158,6 +175,7 @@ class Classifier:
         *,
         labels: Path | None = None,
         threads: int | str = 0,
+        interpreters: int | str = 1,
         backend: str = "auto",
         mean: list[float] | None = None,
         std: list[float] | None = None,
@@ -180,18 +198,20 @@ class Classifier:
             return cls.from_bundle(
                 bundle,
                 threads=threads,
+                interpreters=interpreters,
                 backend=backend,
                 labels=labels,
                 mean=mean,
                 std=std,
                 softmax=softmax,
             )
-        interpreter, used = loading.interpreter(data, threads, backend, where=str(path))
+        interps, used, plan = loading.interpreters(data, threads, backend, str(path), interpreters)
         meta = read_metadata(data)
         label_list, source = loading.model_labels(labels, meta)
         return cls._wired(
             str(path),
-            interpreter,
+            interps,
+            plan,
             backend=used,
             model=data,
             name=path.stem,
@@ -208,6 +228,7 @@ class Classifier:
         bundle: Bundle,
         *,
         threads: int | str = 0,
+        interpreters: int | str = 1,
         backend: str = "auto",
         labels: Path | None = None,
         mean: list[float] | None = None,
@@ -218,14 +239,15 @@ class Classifier:
         manifest."""
         where = f"bundle {bundle.name} v{bundle.version}"
         model = bundle.model_bytes
-        interpreter, used = loading.interpreter(model, threads, backend, where=where)
+        interps, used, plan = loading.interpreters(model, threads, backend, where, interpreters)
         spec: dict[str, Any] = bundle.manifest.get("input") or {}
         label_list, source = loading.bundle_labels(bundle, labels, where)
         norm = loading.bundle_norm(spec, mean, std)
         layout = spec.get("layout")
         clf = cls._wired(
             where,
-            interpreter,
+            interps,
+            plan,
             backend=used,
             model=model,
             name=bundle.name,
@@ -240,17 +262,20 @@ class Classifier:
         return clf
 
     @classmethod
-    def _wired(cls, where: str, interpreter: Interpreter, **kwargs: Any) -> Classifier:
+    def _wired(
+        cls, where: str, interps: list[Interpreter], plan: Plan, **kwargs: Any
+    ) -> Classifier:
         try:
-            return cls(interpreter, **kwargs)
+            return cls(interps[0], spares=interps[1:], plan=plan, **kwargs)
         except ModelError as err:
             raise ModelError(f"{where}: {err}") from None
 
     def _batch_of_one(self, details: dict[str, Any]) -> dict[str, Any]:
         shape = [int(d) for d in details["shape"]]
         if len(shape) == 4 and shape[0] != 1:
-            self._interp.resize_tensor_input(int(details["index"]), [1, *shape[1:]])
-            self._interp.allocate_tensors()
+            for interp in self._all:
+                interp.resize_tensor_input(int(details["index"]), [1, *shape[1:]])
+                interp.allocate_tensors()
             details = self._interp.get_input_details()[0]
         return details
 
@@ -297,15 +322,24 @@ class Classifier:
             postprocess_ms=(time.perf_counter_ns() - t2) / 1e6,
         )
 
+    @property
+    def lanes(self) -> int:
+        """How many threads may :meth:`infer` at once (the interpreters held)."""
+        return len(self._all)
+
     def infer(self, tensor: np.ndarray) -> tuple[np.ndarray, float]:
-        """``set_tensor`` + ``invoke`` + ``get_tensor`` on a preprocessed input: the raw
-        output (a copy, flattened) and the milliseconds ``invoke`` took."""
-        interp = self._interp
-        interp.set_tensor(self._in_index, tensor)
-        t0 = time.perf_counter_ns()
-        interp.invoke()
-        invoke_ms = (time.perf_counter_ns() - t0) / 1e6
-        return interp.get_tensor(self._out_index).reshape(-1), invoke_ms
+        """``set_tensor`` + ``invoke`` + ``get_tensor`` on a preprocessed input, on a free
+        interpreter (waits for one when :attr:`lanes` calls are running): the raw output
+        (a copy, flattened) and the milliseconds ``invoke`` took."""
+        interp = self._free.get()
+        try:
+            interp.set_tensor(self._in_index, tensor)
+            t0 = time.perf_counter_ns()
+            interp.invoke()
+            invoke_ms = (time.perf_counter_ns() - t0) / 1e6
+            return interp.get_tensor(self._out_index).reshape(-1), invoke_ms
+        finally:
+            self._free.put(interp)
 
     def postprocess(self, raw: np.ndarray, top_k: int) -> list[tuple[str, float]]:
         """The top ``top_k`` (label, score) of a raw output from :meth:`infer`, best first:
@@ -326,9 +360,13 @@ class Classifier:
             if arr.size != int(np.prod(self._in_shape)):
                 raise ValueError(f"input tensor must have shape {self._in_shape}, got {arr.shape}")
             arr = arr.reshape(self._in_shape)
-        self._interp.set_tensor(self._in_index, np.ascontiguousarray(arr))
-        self._interp.invoke()
-        return self._dequantize(self._interp.get_tensor(self._out_index))
+        interp = self._free.get()
+        try:
+            interp.set_tensor(self._in_index, np.ascontiguousarray(arr))
+            interp.invoke()
+            return self._dequantize(interp.get_tensor(self._out_index))
+        finally:
+            self._free.put(interp)
 
     def _dequantize(self, raw: np.ndarray) -> np.ndarray:
         if self._out_scale > 0 and raw.dtype.kind in "iu":

@@ -12,21 +12,23 @@ import numpy as np
 
 from edged.errors import ModelError
 from edged.model import bundle as bundle_mod
+from edged.model.autothreads import Plan
 from edged.model.bundle import Bundle
 from edged.model.labels import parse_labels, read_labels
 from edged.model.preprocess import Normalization
-from edged.model.runtime import Interpreter, load_interpreter
+from edged.model.runtime import Interpreter, Interpreters, load_interpreters
 from edged.model.tflite_metadata import ModelMetadata
 
 SoftmaxMode = Literal["auto", "yes", "no"]
 EMBEDDED = "labels embedded in the model"
 
 
-def interpreter(
-    model: bytes, threads: int | str, backend: str, where: str
-) -> tuple[Interpreter, str]:
+def interpreters(
+    model: bytes, threads: int | str, backend: str, where: str, count: Interpreters = 1
+) -> tuple[list[Interpreter], str, Plan]:
+    """The model's interpreters as the plan says (edged.model.runtime.load_interpreters)."""
     try:
-        return load_interpreter(model, threads=threads, backend=backend)
+        return load_interpreters(model, threads=threads, backend=backend, interpreters=count)
     except ModelError as err:
         raise ModelError(f"{where}: {err}") from None
 

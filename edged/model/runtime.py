@@ -33,7 +33,8 @@ from collections.abc import Iterator
 from typing import Any, Protocol
 
 from edged.errors import ModelError
-from edged.model import tflite_metadata
+from edged.model import autothreads, tflite_metadata
+from edged.model.autothreads import Plan
 
 log = logging.getLogger(__name__)
 
@@ -113,14 +114,23 @@ def interpreter_threads(threads: int) -> int:
     return threads if threads > 0 else (os.cpu_count() or 1)
 
 
-def _threads_for(threads: int | str, model: bytes, backend: str) -> int:
-    if threads == "auto":  # measured once per model (edged.model.autothreads)
-        from edged.model import autothreads
+Interpreters = int | str  # a count, or "auto"
 
-        return autothreads.choose(model, backend)
-    if not isinstance(threads, int):
+
+def plan_for(
+    threads: int | str, model: bytes, backend: str, interpreters: Interpreters = "auto"
+) -> Plan:
+    """How many interpreters of how many threads: ``threads="auto"`` measures it once per
+    model (:mod:`edged.model.autothreads`); a thread count given means one interpreter unless
+    ``interpreters`` says how many."""
+    if not (interpreters == "auto" or (isinstance(interpreters, int) and interpreters >= 1)):
+        raise ModelError(f"interpreters must be a number from 1 or 'auto', not {interpreters!r}")
+    fixed = interpreters if isinstance(interpreters, int) else None
+    if threads == "auto":
+        return autothreads.choose(model, backend, fixed)
+    if isinstance(threads, bool) or not isinstance(threads, int):
         raise ModelError(f"threads must be a number or 'auto', not {threads!r}")
-    return interpreter_threads(threads)
+    return Plan(fixed or 1, interpreter_threads(threads))
 
 
 def load_interpreter(
@@ -128,17 +138,31 @@ def load_interpreter(
 ) -> tuple[Interpreter, str]:
     """Load and allocate ``model``; return the interpreter and the backend name used.
 
-    ``threads`` 0 means one per CPU core, "auto" the measured best count
+    ``threads`` 0 means one per CPU core, "auto" the count measured best for one interpreter
     (:mod:`edged.model.autothreads`). Raises :class:`ModelError` (one line) on any failure.
     """
+    interps, name, _ = load_interpreters(model, threads, backend, interpreters=1)
+    return interps[0], name
+
+
+def load_interpreters(
+    model: bytes, threads: int | str = 0, backend: str = "auto", interpreters: Interpreters = 1
+) -> tuple[list[Interpreter], str, Plan]:
+    """Load and allocate ``model`` as many times as the plan (:func:`plan_for`) says; the
+    interpreters, the backend name used and the plan. Raises :class:`ModelError` (one line)."""
     problem = tflite_metadata.check_model(model)
     if problem is not None:
         raise ModelError(problem)
     name, cls = _resolve(backend)
-    num_threads = _threads_for(threads, model, name)
+    plan = plan_for(threads, model, name, interpreters)
+    model = bytes(model)  # one copy of the bytes, shared by every interpreter
+    return [_load(cls, name, model, plan.threads) for _ in range(plan.interpreters)], name, plan
+
+
+def _load(cls: type[Any], name: str, model: bytes, num_threads: int) -> Interpreter:
     with _captured_stderr() as noise:
         try:
-            interpreter = cls(model_content=bytes(model), num_threads=num_threads)
+            interpreter = cls(model_content=model, num_threads=num_threads)
             interpreter.allocate_tensors()
         except Exception as err:
             failure: Exception | None = err
@@ -154,7 +178,8 @@ def load_interpreter(
     if rest:
         with contextlib.suppress(OSError):
             os.write(2, ("\n".join(rest) + "\n").encode("utf-8", "replace"))
-    return interpreter, name
+    interp: Interpreter = interpreter
+    return interp
 
 
 def describe_load_error(err: BaseException, backend: str, model: bytes, noise: list[str]) -> str:

@@ -44,6 +44,7 @@ class Frame:
     tensor: np.ndarray | None = None
     prepared: Lease | None = None
     prepare_ms: float = 0.0
+    ticket: int = -1  # taken as the ticket-th frame (Capture.get); results go out in this order
 
 
 class FrameSource(abc.ABC):

@@ -68,6 +68,7 @@ def load_record(
             mean=m.mean if own else None,
             std=m.std if own else None,
             threads=m.threads,
+            interpreters=m.interpreters,
             backend=m.backend,
             softmax=m.softmax,
         )
@@ -90,7 +91,9 @@ def load_record(
         bundle = read_bundle(data, allow_unsigned=True, max_bytes=limit)
     except BundleError as err:
         raise BundleError(f"{path}: {err}") from None
-    return Classifier.from_bundle(bundle, threads=m.threads, backend=m.backend, softmax=m.softmax)
+    return Classifier.from_bundle(
+        bundle, threads=m.threads, interpreters=m.interpreters, backend=m.backend, softmax=m.softmax
+    )
 
 
 def describe(record: ModelRecord | None) -> str:

@@ -247,7 +247,11 @@ class Updater:
                 log.warning("validator ran without a limit it could not set: %s", problem)
             m = self.cfg.model
             clf = Classifier.from_bundle(
-                bundle, threads=m.threads, backend=m.backend, softmax=m.softmax
+                bundle,
+                threads=m.threads,
+                interpreters=m.interpreters,
+                backend=m.backend,
+                softmax=m.softmax,
             )
             warm_up(clf)
             installed = self.store.install(path, bundle.version, offer.sha256)
