@@ -12,6 +12,8 @@ from typing import Any
 
 import pytest
 
+from edged.model import autothreads
+from edged.model.autothreads import Plan
 from tests.daemon import DEMO_MODEL, ROOT
 from tests.realdata import MODELS, requires_realdata
 
@@ -32,30 +34,34 @@ def _bench(model: Path, *args: str) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def demo_report() -> dict[str, Any]:
-    return _bench(DEMO_MODEL, "--seconds", "0.5", "--threads", "1")
+    return _bench(DEMO_MODEL, "--seconds", "0.5", "--plans", "1,2x1")
 
 
 def test_report_has_every_case_and_figure(demo_report: dict[str, Any]) -> None:
     report = demo_report
-    chosen = report["auto_threads"]
-    assert 1 <= chosen <= (os.cpu_count() or 1)
+    chosen = Plan.parse(report["auto_plan"])
+    assert chosen is not None and chosen in autothreads.candidates(os.cpu_count() or 1)
     names = [c["case"] for c in report["cases"]]
-    # The default config first, then what it is compared with.
-    assert names == ["default", "bare 1", "plain", "default 30 fps", f"bare {chosen} 30 fps"]
+    # The default config first, then what it is compared with (its own plan among the bare).
+    bare = ["bare 1x1", "bare 2x1"] + (
+        [f"bare {chosen}"] if chosen not in {Plan(1, 1), Plan(2, 1)} else []
+    )
+    cam = ["default 30 fps", f"bare 1x{chosen.threads} 30 fps"]
+    assert names == ["default", *bare, "plain", *cam]
     for c in report["cases"]:
         assert c["delivered_fps"] > 0 and c["cpu_ms_per_prediction"] > 0, c
         assert 0 < c["latency_ms_p50"] <= c["latency_ms_p99"], c
         assert c["peak_rss_mib"] > 20, c
-    default, cam = report["cases"][0], report["cases"][3]
-    assert default["threads"] == chosen
+    default, cam_case = report["cases"][0], report["cases"][-2]
+    assert default["plan"] == str(chosen)
     # A source faster than the model: on demand, no frame is read only to be dropped.
     assert default["dropped"] == 0
     # The paced cases deliver the camera's rate, no more.
-    for c in report["cases"][3:]:
+    for c in report["cases"][-2:]:
         assert 20 <= c["delivered_fps"] <= 33, c
-    assert cam["threads"] == chosen
+    assert cam_case["plan"] == str(chosen)
     assert set(report["targets"]) >= {
-        "rate_vs_bare_best", "cpu_vs_bare", "rate_vs_plain", "cpu_vs_plain",
+        "rate_vs_bare_best", "rate_vs_bare_single", "cpu_vs_bare", "rate_vs_plain", "cpu_vs_plain",
         "peak_rss_mib", "camera_cpu_vs_bare",
     }  # fmt: skip
     assert len(report["loadavg_at_start"]) == 3

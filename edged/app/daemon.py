@@ -10,9 +10,11 @@ and handing the result on; results are finished in the order their frames were t
 With a core to spare beside the interpreters' threads the stages overlap
 (edged.frames.pipeline): the next frame is asked for as ``invoke`` starts on the current one,
 and the post thread publishes the previous result while ``invoke`` runs. With every core in
-the interpreters, work beside ``invoke`` slows it (a multi-threaded interpreter's threads wait
-for each other), so the stages run one after the other around ``invoke``: the next frame is
-read and prepared while the lane finishes the current result inline.
+the interpreters there is no post thread: each lane finishes results itself (in ticket order,
+never waiting for another lane), and asks for its next frame after ``invoke``, so that it is
+read and prepared while the lane finishes the current result (work beside a multi-threaded
+``invoke`` slows all its threads, which wait for each other at every layer; for single-threaded
+interpreters asking ahead gained no rate, measured, and doubled the latency).
 
 Built from :class:`~edged.app.parts.Parts` (source, model, publisher, clock) and
 :class:`~edged.app.parts.Features`; the constructor only records them. :meth:`Daemon.open`
@@ -112,7 +114,8 @@ class Daemon:
         self.reexec = False  # run() returned for a reload: the caller executes edged again
         self.instance: InstanceLock | None = None
         self.paused = False  # frames are taken and dropped, not classified
-        self.overlap = False
+        self.overlap = False  # a post thread beside the interpreters
+        self.ask_ahead = False  # the next frame is asked for as invoke starts
         self.monitor: ServiceMonitor | None = None
         self.processed = 0
         self._count = threading.Lock()  # processed is counted by every lane
@@ -157,6 +160,7 @@ class Daemon:
         # Overlap the stages only where a core is left beside the interpreters' threads: with
         # every core in the interpreters, work beside them slows them (edged.frames.pipeline).
         self.overlap = self._interpreter_threads() < autothreads.cores()
+        self.ask_ahead = self.overlap
         self.preparer = Preparer(lambda: self.classifier)
         self.preparer.active = not self.paused
         self.post = PostStage(
@@ -352,8 +356,8 @@ class Daemon:
         clf, monitor = self.classifier, self.monitor
         try:
             tensor = self.preparer.tensor_for(frame, clf)
-            if self.overlap:
-                self.capture.request()  # read and prepared on the spare core beside invoke
+            if self.ask_ahead:
+                self.capture.request()  # read and prepared beside invoke
             raw, invoke_ms = clf.infer(tensor)
         except Exception as err:
             self.capture.request()
@@ -362,8 +366,8 @@ class Daemon:
             return None
         finally:
             self.preparer.release(frame)
-        if not self.overlap:  # every core is the interpreters': read the next frame while
-            self.capture.request()  # this one is finished, not beside invoke
+        if not self.ask_ahead:  # a multi-threaded interpreter on every core: read the next
+            self.capture.request()  # frame while this one is finished, not beside invoke
         with self._count:
             self.processed += 1
         item = Inferred(frame, clf, monitor, raw, invoke_ms)
