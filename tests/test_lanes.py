@@ -32,7 +32,7 @@ def _memory_daemon(
     cfg = Config(
         device_id="cam-1",
         state_dir=tmp_path / "state",
-        source=FilesSource(path=str(SAMPLES), **source),  # type: ignore[arg-type]
+        source=FilesSource(path=str(SAMPLES), **source),
         model=ModelConfig(path=DEMO_MODEL),
         publish=PublishConfig(mode="every", spool=False),
     )
