@@ -67,29 +67,26 @@ class ModelConfig(Section):
     @classmethod
     def _threads(cls, value: object) -> object:
         """One error, not one per member of the union: 'auto' or a whole number 0-64."""
-        if value == "auto":
-            return value
-        if isinstance(value, str) and value.strip().isdigit():
-            value = int(value.strip())
-        elif isinstance(value, float) and value.is_integer():
-            value = int(value)
-        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 64:
-            raise ValueError("must be 'auto' or a number of threads from 0 to 64")
-        return value
+        return _auto_or_count(value, 0, 64, "threads")
 
     @field_validator("interpreters", mode="before")
     @classmethod
     def _interpreters(cls, value: object) -> object:
         """'auto' or a whole number 1-8 (each one holds the model's memory again)."""
-        if value == "auto":
-            return value
-        if isinstance(value, str) and value.strip().isdigit():
-            value = int(value.strip())
-        elif isinstance(value, float) and value.is_integer():
-            value = int(value)
-        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 8:
-            raise ValueError("must be 'auto' or a number of interpreters from 1 to 8")
+        return _auto_or_count(value, 1, 8, "interpreters")
+
+
+def _auto_or_count(value: object, low: int, high: int, what: str) -> object:
+    """'auto', or a whole number from ``low`` to ``high`` (also as text or a whole float)."""
+    if value == "auto":
         return value
+    if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
+        value = int(value.strip())
+    elif isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ValueError(f"must be 'auto' or a number of {what} from {low} to {high}")
+    return value
 
 
 class TlsConfig(Section):
