@@ -80,8 +80,9 @@ def _auto_or_count(value: object, low: int, high: int, what: str) -> object:
     """'auto', or a whole number from ``low`` to ``high`` (also as text or a whole float)."""
     if value == "auto":
         return value
-    if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
-        value = int(value.strip())
+    text = value.strip() if isinstance(value, str) else ""
+    if text.isascii() and text.isdigit() and len(text) <= 6:
+        value = int(text)
     elif isinstance(value, float) and value.is_integer():
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:

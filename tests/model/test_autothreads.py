@@ -234,3 +234,16 @@ def test_an_explicit_thread_count_is_one_interpreter_unless_told() -> None:
     assert plan_for(2, model, "x") == Plan(1, 2)
     assert plan_for(1, model, "x", interpreters=3) == Plan(3, 1)
     assert plan_for(1, model, "x", interpreters="auto") == Plan(1, 1)
+
+
+@given(st.one_of(st.text(max_size=30), st.integers(), st.floats(), st.booleans(), st.none()))
+def test_threads_and_interpreters_take_auto_or_a_count_and_nothing_else(value: object) -> None:
+    """Any value: accepted as a count in range, or refused with the one clear line."""
+    for key, low, high in (("threads", 0, 64), ("interpreters", 1, 8)):
+        try:
+            got = ModelConfig.model_validate({"path": DEMO_MODEL, key: value})
+        except ValidationError as err:
+            assert f"must be 'auto' or a number of {key} from {low} to {high}" in str(err)
+            continue
+        n = getattr(got, key)
+        assert n == "auto" or (isinstance(n, int) and low <= n <= high)
