@@ -203,6 +203,8 @@ class Daemon:
             info.channels, info.dtype, info.backend, _plan_text(self.classifier),
         )  # fmt: skip
         warm_up(self.classifier)  # first-use imports and set-up now, not in the first frame
+        if info.plan.threads:  # models loaded while it runs are not measured (autothreads)
+            autothreads.daemon_running(info.plan)
         self._started = True
         self.running = True  # signals now stop or reload cleanly (edged.app.lifecycle)
         self.publisher.start()
@@ -229,6 +231,7 @@ class Daemon:
             self.stats.stop()
             # A reload leaves "online": the same daemon is back within seconds.
             self.publisher.stop(availability=None if self.reexec else "stopped")
+            autothreads.daemon_running(None)
             log.info(
                 "stopped after %d frames (%d published)",
                 self.processed, self.published,

@@ -82,6 +82,16 @@ class Plan(NamedTuple):
 _lock = threading.Lock()
 _cache_dir: Path | None = None
 _memo: dict[str, Plan] = {}
+_running: Plan | None = None  # the plan of the model a daemon in this process is running
+
+
+def daemon_running(plan: Plan | None) -> None:
+    """A daemon in this process runs a model with ``plan`` (None: no longer). Meanwhile a new
+    model (an update, a rollback) is not measured: the daemon's own inference would share the
+    cores with the measurement and skew it. It gets the running plan for now, remembered
+    nowhere, and is measured at the next start."""
+    global _running
+    _running = plan
 
 
 def use_cache_dir(path: Path | str | None) -> None:
@@ -151,6 +161,11 @@ def choose(model: bytes, backend: str, interpreters: int | None = None) -> Plan:
             _memo[key] = cached
             return cached
         rates: dict[Plan, float] = {}
+        if len(plans) > 1 and _running is not None:
+            plan = _running if interpreters is None else Plan(interpreters, _running.threads)
+            for_now = plan if plan in plans else plans[0]
+            log.info("model.threads auto: %s until the next start, measured then", for_now)
+            return for_now
         if len(plans) == 1:
             chosen = plans[0]
         else:

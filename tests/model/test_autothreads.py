@@ -247,3 +247,19 @@ def test_threads_and_interpreters_take_auto_or_a_count_and_nothing_else(value: o
             continue
         n = getattr(got, key)
         assert n == "auto" or (isinstance(n, int) and low <= n <= high)
+
+
+def test_a_model_loaded_while_a_daemon_runs_gets_its_plan_for_now(
+    tmp_path: Path, measured: list[bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An update arriving while the daemon classifies is not measured on cores the daemon is
+    using: it runs with the daemon's plan, nothing is cached, and the next start measures."""
+    autothreads.use_cache_dir(tmp_path)
+    monkeypatch.setattr(autothreads, "_running", None)
+    autothreads.daemon_running(Plan(1, 2))
+    assert autothreads.choose(b"update", "litert") == Plan(1, 2)
+    assert measured == [] and not (tmp_path / autothreads.CACHE_NAME).exists()
+    assert autothreads.choose(b"update", "litert", interpreters=2) == Plan(2, 2)
+    assert measured == []
+    autothreads.daemon_running(None)
+    assert autothreads.choose(b"update", "litert") == Plan(2, 1) and measured == [b"update"]
