@@ -28,6 +28,7 @@ from tests.model.test_tiny_models import tiny_model
 def _fresh(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.setattr(autothreads, "_memo", {})
     monkeypatch.setattr(autothreads, "_cache_dir", None)
+    monkeypatch.setattr(autothreads, "_running", None)
     yield
 
 
