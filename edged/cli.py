@@ -146,6 +146,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         qos=args.qos,
         camera_fps=args.camera_fps,
         rounds=args.rounds,
+        frame=_frame_size(args.frame),
     )
     report = run(opts)
     print(table(report), file=sys.stderr)
@@ -154,6 +155,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
         Path(args.json).write_text(text + "\n")
     print(text)
     return ExitStatus.OK
+
+
+def _frame_size(text: str) -> tuple[int, int] | None:
+    """``--frame``: WIDTHxHEIGHT (each 1..8192), or ``model`` (the model's input size)."""
+    if text == "model":
+        return None
+    w, sep, h = text.partition("x")
+    digits = [n for n in (w, h) if n.isascii() and n.isdigit() and len(n) <= 4]
+    if sep and len(digits) == 2 and all(0 < int(n) <= 8192 for n in digits):
+        return int(w), int(h)
+    raise UsageError(f"--frame: {text[:20]!r} is not WIDTHxHEIGHT (up to 8192x8192) or 'model'")
 
 
 def _plans(text: str) -> list[Plan]:
@@ -215,6 +227,12 @@ def build_parser() -> argparse.ArgumentParser:
         "1x2); default 1x1..1xCORES and CORESx1",
     )
     bench.add_argument("--backend", help="interpreter (default: the first installed)")
+    bench.add_argument(
+        "--frame",
+        default="640x480",
+        help="the camera's frames, WIDTHxHEIGHT, or 'model' for the model's input size "
+        "(as picamera2's lores stream gives them; default 640x480)",
+    )
     bench.add_argument(
         "--camera-fps", type=float, default=30.0, help="the paced camera case (default 30)"
     )

@@ -91,3 +91,29 @@ def test_ci_guard_default_config_keeps_up_with_the_bare_interpreter() -> None:
     assert t["rate_vs_bare_best"] >= 0.35, shown
     assert t["cpu_vs_bare"] <= 1.6, shown
     assert t["rate_vs_plain"] >= 0.5 and t["cpu_vs_plain"] <= 1.4, shown
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("--plans", "0x1"), ("--plans", "1,,2"), ("--plans", "x" * 5000), ("--plans", "2x1x1"),
+        ("--frame", "640"), ("--frame", "0x480"), ("--frame", "99999x1"), ("--frame", "６４x48"),
+    ],
+)  # fmt: skip
+def test_bad_plans_or_frame_size_are_one_line_and_start_nothing(args: tuple[str, str]) -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "edged", "bench", str(DEMO_MODEL), *args],
+        capture_output=True, text=True, timeout=60, cwd=ROOT,
+    )  # fmt: skip
+    assert out.returncode == 2 and out.stdout == "", out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"edged: error: {args[0]}:"), out.stderr
+
+
+def test_frames_at_the_model_size_need_no_resize() -> None:
+    """``--frame model``: frames as picamera2's lores stream gives them (32x32 for the demo
+    model), so the default never loads OpenCV: its peak RSS is below the 640x480 run's."""
+    report = _bench(DEMO_MODEL, "--seconds", "0.3", "--plans", "1", "--frame", "model")
+    assert report["frame"] == "32x32"
+    default = report["cases"][0]
+    assert default["delivered_fps"] > 0 and default["dropped"] == 0

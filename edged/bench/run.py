@@ -4,8 +4,9 @@ Cases, each in a process of its own (:mod:`edged.bench.cases`), against a privat
 and a real subscriber process (:mod:`edged.bench.peers`), all on this machine:
 
 1. **default**: the daemon as ``edged run`` builds it from a config that sets nothing but the
-   model (``threads = "auto"``: the measured plan, spool on), fed 640x480 frames by a source
-   faster than the model;
+   model (``threads = "auto"``: the measured plan, spool on), fed 640x480 frames (``--frame``;
+   ``model``: at the model's input size, as picamera2's lores stream) by a source faster than
+   the model;
 2. **bare KxN**: ``set_tensor`` + ``invoke`` + ``get_tensor`` alone, for each plan: one
    interpreter at each thread count (``1xN``), and as many single-threaded interpreters as
    cores at once (``Kx1``), plus the default's plan;
@@ -39,7 +40,17 @@ from edged.model.autothreads import Plan
 from edged.model.runtime import available_backends
 
 CASE_TIMEOUT_S = 120.0
-FRAME = (480, 640, 3)  # what the source delivers: a VGA camera
+
+
+def _model_size(model: str, backend: str) -> tuple[int, int]:
+    """(width, height) of the model's input: frames as picamera2's lores stream gives them."""
+    from edged.bench.cases import model_bytes
+    from edged.model.preprocess import InputSpec
+    from edged.model.runtime import load_interpreter
+
+    interp, _ = load_interpreter(model_bytes(model), 1, backend)
+    spec = InputSpec.from_details(interp.get_input_details()[0])
+    return spec.width, spec.height
 
 
 @dataclass
@@ -54,6 +65,7 @@ class BenchOptions:
     qos: int = 1
     camera_fps: float = 30.0
     rounds: int = 3  # every case once per round, interleaved: the machine's load hits all
+    frame: tuple[int, int] | None = (640, 480)  # what the camera delivers; None: the model's size
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -121,6 +133,8 @@ def run(opts: BenchOptions) -> dict[str, Any]:
         "qos": opts.qos,
     }
     load = os.getloadavg()
+    width, height = opts.frame or _model_size(str(opts.model.resolve()), backend)
+    base["shape"] = [height, width, 3]
     rounds: list[list[dict[str, Any]]] = []
     with contextlib.ExitStack() as stack:
         broker = PrivateBroker() if opts.host is None else None
@@ -139,6 +153,7 @@ def run(opts: BenchOptions) -> dict[str, Any]:
         "loadavg_at_start": list(load),
         "loadavg_at_end": list(os.getloadavg()),
         "auto_plan": cases[0]["plan"],
+        "frame": f"{width}x{height}",
         "rounds": len(rounds),
         "cases": cases,
         "targets": {k: statistics.median(t[k] for t in per_round) for k in per_round[0]},
@@ -151,7 +166,7 @@ def _round(
 ) -> list[dict[str, Any]]:
     """Every case once, the default config first."""
     net = {"host": host, "port": port}
-    daemon = {**base, **net, "case": "daemon", "threads": "auto", "shape": FRAME}
+    daemon = {**base, **net, "case": "daemon", "threads": "auto"}
     daemon["state_dir"] = state  # threads.json: "auto" is measured once, by the first case
     topic = "edged/bench/prediction"
     default = _case("default", daemon, host, port, topic)
@@ -163,7 +178,7 @@ def _round(
     singles = [c for c in cases[1:] if c["plan"].startswith("1x")] or cases[1:]
     best_single = Plan.parse(max(singles, key=lambda c: c["delivered_fps"])["plan"])
     threads = best_single.threads if best_single else chosen.threads
-    plain = {**base, **net, "case": "plain", "threads": threads, "shape": FRAME}
+    plain = {**base, **net, "case": "plain", "threads": threads}
     cases.append(_case("plain", plain, host, port, "bench/plain/prediction"))
     fps = opts.camera_fps
     cases.append(_case(f"default {fps:g} fps", {**daemon, "fps": fps}, host, port, topic))
