@@ -257,6 +257,10 @@ class Daemon:
             self.start()
             try:
                 self._loop()
+            except BaseException:
+                self._stop.set()  # the other lanes stop now, not after their next frames
+                self.post.abort()
+                raise
             finally:
                 self._join_lanes()
             if self._lane_error is not None:
@@ -357,13 +361,16 @@ class Daemon:
         the next frame is asked for as ``invoke`` starts. A new model that fails is reported
         for rollback instead of raising (None)."""
         clf, monitor = self.classifier, self.monitor
+        asked = False
         try:
             tensor = self.preparer.tensor_for(frame, clf)
             if self.ask_ahead:
                 self.capture.request()  # read and prepared beside invoke
+                asked = True
             raw, invoke_ms = clf.infer(tensor)
         except Exception as err:
-            self.capture.request()
+            if not asked:  # one frame asked for per frame taken
+                self.capture.request()
             self.post.skip(frame.ticket)
             self._failed(monitor, frame, err)
             return None

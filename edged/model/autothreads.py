@@ -32,6 +32,7 @@ import json
 import logging
 import os
 import re
+import stat
 import tempfile
 import threading
 import time
@@ -266,7 +267,11 @@ def _read_cache() -> dict[str, object]:
     if _cache_dir is None:
         return {}
     try:
-        with open(_cache_dir / CACHE_NAME, "rb") as f:
+        # Non-blocking: a FIFO or a device put there must not hang the start.
+        fd = os.open(_cache_dir / CACHE_NAME, os.O_RDONLY | os.O_NONBLOCK)
+        with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                raise ValueError("not a regular file")
             raw = f.read(MAX_CACHE_BYTES + 1)
         if len(raw) > MAX_CACHE_BYTES:
             raise ValueError(f"over {MAX_CACHE_BYTES} bytes")

@@ -4,6 +4,7 @@ in the state dir, bounded."""
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -264,3 +265,20 @@ def test_a_model_loaded_while_a_daemon_runs_gets_its_plan_for_now(
     assert measured == []
     autothreads.daemon_running(None)
     assert autothreads.choose(b"update", "litert") == Plan(2, 1) and measured == [b"update"]
+
+
+def test_a_fifo_or_a_directory_at_threads_json_is_ignored_not_waited_on(
+    tmp_path: Path, measured: list[bytes], caplog: pytest.LogCaptureFixture
+) -> None:
+    autothreads.use_cache_dir(tmp_path)
+    path = tmp_path / autothreads.CACHE_NAME
+    os.mkfifo(path)  # no writer: a blocking open() would wait for ever
+    done: list[Plan] = []
+    t = threading.Thread(target=lambda: done.append(autothreads.choose(b"m", "litert")))
+    t.start()
+    t.join(5)
+    assert done == [Plan(2, 1)] and "not a regular file" in caplog.text
+    path.unlink()
+    path.mkdir()
+    autothreads._memo.clear()
+    assert autothreads.choose(b"m", "litert") == Plan(2, 1)  # measured; nothing kept
