@@ -174,9 +174,13 @@ def _plans(text: str) -> list[Plan]:
     plans = []
     for part in text.split(","):
         part = part.strip()
-        plan = Plan(1, int(part)) if part.isdigit() and 0 < int(part) < 100 else Plan.parse(part)
-        if plan is None:
-            raise UsageError(f"--plans: {part[:20]!r} is no plan (like 2x1) or thread count")
+        digits = part.isascii() and part.isdigit() and len(part) <= 2  # not "²": no int
+        plan = Plan(1, int(part)) if digits and int(part) > 0 else Plan.parse(part)
+        if plan is None or plan.interpreters > 16:
+            raise UsageError(
+                f"--plans: {part[:20]!r} is no plan (like 2x1, at most 16 interpreters) "
+                "or thread count"
+            )
         plans.append(plan)
     return plans
 

@@ -97,6 +97,7 @@ def test_ci_guard_default_config_keeps_up_with_the_bare_interpreter() -> None:
     "args",
     [
         ("--plans", "0x1"), ("--plans", "1,,2"), ("--plans", "x" * 5000), ("--plans", "2x1x1"),
+        ("--plans", "1" * 5000), ("--plans", "99x1"), ("--plans", "²"),
         ("--frame", "640"), ("--frame", "0x480"), ("--frame", "99999x1"), ("--frame", "６４x48"),
     ],
 )  # fmt: skip

@@ -119,6 +119,7 @@ class Daemon:
         self.monitor: ServiceMonitor | None = None
         self.processed = 0
         self._count = threading.Lock()  # processed is counted by every lane
+        self.model_lock = threading.Lock()  # classifier and monitor change together
         self._lanes: list[threading.Thread] = []  # lanes beside the caller's (edged-lane-N)
         self._lane_error: BaseException | None = None
         self.published = 0  # predictions handed to the publisher by this run (not seq: it goes on)
@@ -360,7 +361,8 @@ class Daemon:
         """Frame loop: run the model on one frame and queue the result for the post thread;
         the next frame is asked for as ``invoke`` starts. A new model that fails is reported
         for rollback instead of raising (None)."""
-        clf, monitor = self.classifier, self.monitor
+        with self.model_lock:  # never a new model with the old one's monitor
+            clf, monitor = self.classifier, self.monitor
         asked = False
         try:
             tensor = self.preparer.tensor_for(frame, clf)

@@ -115,8 +115,9 @@ class Extras:
         if swap is None:
             return
         daemon = self.daemon
-        old, daemon.classifier = daemon.classifier, swap.classifier
-        daemon.monitor = swap.monitor
+        old = daemon.classifier
+        with daemon.model_lock:  # lanes read the pair together (Daemon.infer)
+            daemon.classifier, daemon.monitor = swap.classifier, swap.monitor
         swap.complete(old, daemon.clock())
         info = daemon.classifier.info
         log.info("now classifying with %s v%s (%s)", info.name, info.version, info.sha256[:12])
