@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -26,10 +27,12 @@ from paho.mqtt.client import topic_matches_sub
 
 from edged.app.daemon import Daemon
 from edged.app.parts import Features, OnMessage, Parts
-from edged.config import Config, MqttConfig
+from edged.config import Config, FilesSource, ModelConfig, MqttConfig, PublishConfig
+from edged.infra.sdnotify import Notifier
 from edged.model.classifier import Classifier
 from edged.publish.outbox import Outbox
 from edged.publish.topics import Topics
+from tests.daemon import DEMO_MODEL, SAMPLES
 
 
 @dataclass(frozen=True)
@@ -239,3 +242,31 @@ def in_memory_daemon(
         assert not thread.is_alive(), "the daemon did not stop within 30 s"
         if result:
             raise result[0]
+
+
+def files_daemon(tmp_path: Path, clf: Classifier, **source: Any) -> tuple[Daemon, MemoryBroker]:
+    """A daemon (not started) on the sample images with ``clf``, every prediction published,
+    MQTT in memory; ``source``: more files-source settings (fps, loop)."""
+    broker = MemoryBroker()
+    cfg = Config(
+        device_id="cam-1",
+        state_dir=tmp_path / "state",
+        source=FilesSource(path=str(SAMPLES), **source),
+        model=ModelConfig(path=DEMO_MODEL),
+        publish=PublishConfig(mode="every", spool=False),
+    )
+    return Daemon(cfg, parts=memory_parts(broker, clf), notifier=Notifier({})), broker
+
+
+def predictions(broker: MemoryBroker) -> list[dict[str, Any]]:
+    """cam-1's prediction events so far, decoded."""
+    return [json.loads(m.payload) for m in broker.on("edged/cam-1/prediction")]
+
+
+def assert_in_capture_order(events: list[dict[str, Any]]) -> None:
+    """seq rises by one from 1, and the frames are the sample files in order (looping)."""
+    names = sorted(p.name for p in SAMPLES.iterdir())
+    assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+    frames = [str(e["frame"]) for e in events]
+    start = names.index(frames[0])
+    assert frames == [names[(start + i) % len(names)] for i in range(len(frames))]
