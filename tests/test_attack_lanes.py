@@ -156,7 +156,7 @@ def test_ask_ahead_infer_failure_asks_for_one_frame_not_two(tmp_path: Path) -> N
     daemon, _ = files_daemon(tmp_path, clf, fps=1000, loop=True)
     daemon.open()
     try:
-        daemon.ask_ahead = True
+        daemon.overlap = True  # a core spare: the next frame is asked for ahead
         daemon.post = PostStage(daemon._finish, on_error=lambda: None, inline=True)
         asked = [0]
         daemon.capture.request = lambda: asked.__setitem__(0, asked[0] + 1)  # type: ignore[method-assign]

@@ -72,10 +72,6 @@ class Inferred:
     raw: np.ndarray
     invoke_ms: float
 
-    @property
-    def ticket(self) -> int:
-        return self.frame.ticket
-
 
 class Daemon:
     # Built by open() (None before it):
@@ -114,8 +110,7 @@ class Daemon:
         self.reexec = False  # run() returned for a reload: the caller executes edged again
         self.instance: InstanceLock | None = None
         self.paused = False  # frames are taken and dropped, not classified
-        self.overlap = False  # a post thread beside the interpreters
-        self.ask_ahead = False  # the next frame is asked for as invoke starts
+        self.overlap = False  # a post thread beside the interpreters; next frame asked ahead
         self.monitor: ServiceMonitor | None = None
         self.processed = 0
         self._count = threading.Lock()  # processed is counted by every lane
@@ -161,7 +156,6 @@ class Daemon:
         # Overlap the stages only where a core is left beside the interpreters' threads: with
         # every core in the interpreters, work beside them slows them (edged.frames.pipeline).
         self.overlap = self._interpreter_threads() < autothreads.cores()
-        self.ask_ahead = self.overlap
         self.preparer = Preparer(lambda: self.classifier)
         self.preparer.active = not self.paused
         self.post = PostStage(
@@ -307,8 +301,7 @@ class Daemon:
             if self._reload.is_set():
                 self._try_reload()
             self.extras.between_frames()
-            if len(self._lanes) + 1 < self.classifier.lanes:
-                self._spawn_lanes()  # a new model with more interpreters
+            self._spawn_lanes()  # a new model may have more interpreters
             if frame is not None:
                 self._take(frame)
             elif cap.ended:
@@ -366,8 +359,8 @@ class Daemon:
         asked = False
         try:
             tensor = self.preparer.tensor_for(frame, clf)
-            if self.ask_ahead:
-                self.capture.request()  # read and prepared beside invoke
+            if self.overlap:
+                self.capture.request()  # read and prepared on the spare core beside invoke
                 asked = True
             raw, invoke_ms = clf.infer(tensor)
         except Exception as err:
@@ -378,8 +371,8 @@ class Daemon:
             return None
         finally:
             self.preparer.release(frame)
-        if not self.ask_ahead:  # a multi-threaded interpreter on every core: read the next
-            self.capture.request()  # frame while this one is finished, not beside invoke
+        if not self.overlap:  # every core in the interpreters: read the next frame while
+            self.capture.request()  # this one is finished, not beside invoke
         with self._count:
             self.processed += 1
         item = Inferred(frame, clf, monitor, raw, invoke_ms)
